@@ -1,0 +1,23 @@
+"""sgs_tad: end-to-end temporal action detection with Sequentialized Gradient Sampling.
+
+The public names most users need are re-exported here; everything else lives in the module
+named after its concept (``sgs_tad.samplers``, ``sgs_tad.proposals``, ``sgs_tad.norm`` …).
+"""
+
+from .norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
+from .phase import is_encoding, is_recomputing
+from .sgs import SequentializedGradientSampler
+from .sources import SnippetSource, TensorSource
+
+__all__ = [
+    "FrozenBatchNorm",
+    "SequentializedGradientSampler",
+    "SnippetSource",
+    "TensorSource",
+    "freeze_norm_layers",
+    "freeze_stages",
+    "is_encoding",
+    "is_recomputing",
+]
+
+__version__ = "0.1.0"

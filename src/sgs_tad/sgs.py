@@ -1,0 +1,544 @@
+"""The Sequentialized Gradient Sampler: the three phases of SGS (paper §3.3, App. F).
+
+1. :meth:`SequentializedGradientSampler.encode` runs the encoder over micro-batches of at most K
+   snippets without a graph and returns the features ``[B, N_max, C]`` as a leaf that requires
+   grad.
+2. The user runs the detector and its loss and calls ``loss.backward()``: plain autograd fills
+   the detector's gradients and ``feats.grad`` (dL/dF).
+3. :meth:`SequentializedGradientSampler.backward` re-runs the encoder with grad on a sampled
+   fraction γ of the snippets, micro-batch by micro-batch, and back-propagates the matching rows
+   of ``feats.grad`` into the encoder's ``.grad`` (accumulating, never zeroing).
+
+Peak encoder memory is that of one micro-batch whatever N is. At γ = 1 the encoder gradient is
+exactly the end-to-end one (eq. 4); at γ < 1 it is the end-to-end gradient through a mask that
+keeps only the sampled snippets' feature gradients (times ``N/n`` with ``grad_scale="unbiased"``).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> encoder = nn.Sequential(nn.Flatten(), nn.Linear(12, 8))
+    >>> sgs = SequentializedGradientSampler(encoder, micro_batch_size=4, ratio=1.0)
+    >>> snippets = torch.randn(2, 10, 3, 4)              # [B, N, *S]
+    >>> feats = sgs.encode(snippets)                     # [B, N, C]
+    >>> feats.shape, feats.requires_grad
+    (torch.Size([2, 10, 8]), True)
+    >>> feats.square().mean().backward()                 # stands for detector + loss
+    >>> sgs.backward(snippets, feats)
+    >>> encoder[1].weight.grad is not None
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from . import phase
+from .microbatch import MicroBatch, as_sources, num_sampled, pack
+from .norm import training_batchnorms
+from .rng import RNGState, capture_rng_state, replay_rng_state
+from .sources import SnippetSource
+
+__all__ = ["SGSStats", "SequentializedGradientSampler"]
+
+logger = logging.getLogger(__name__)
+
+SnippetInput = Any  # tensor [B, N, *S] | list of tensors [N_i, *S] | list of SnippetSource
+SamplerFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class SGSStats:
+    """Counters of the last phase-1 and phase-3 calls (for logs and tests).
+
+    Attributes:
+        encode_calls: Encoder calls made by the last :meth:`~SequentializedGradientSampler.encode`.
+        recompute_calls: Encoder calls made by the last ``backward``.
+        snippets_encoded: Snippets run through the encoder in phase 1.
+        snippets_recomputed: Snippets re-run with grad in phase 3 (fillers included).
+        snippets_sampled: Snippets whose feature gradient reached the encoder.
+    """
+
+    encode_calls: int = 0
+    recompute_calls: int = 0
+    snippets_encoded: int = 0
+    snippets_recomputed: int = 0
+    snippets_sampled: int = 0
+
+
+@dataclass
+class _EncodeRecord:
+    """What phase 1 leaves for phase 3 of the same batch (no activations: see ``encode``)."""
+
+    lengths: list[int]
+    mask: torch.Tensor
+    # Pre-drawn sample (feature-independent samplers): the phase-3 micro-batches are the first
+    # phase-1 micro-batches, replayed with their RNG states.
+    recompute: list[MicroBatch] | None
+    sampled_rows: list[torch.Tensor] | None
+    rng_states: list[RNGState | None] = field(default_factory=list)
+    autocast: dict[str, Any] = field(default_factory=dict)
+
+
+def _autocast_state(device_type: str) -> dict[str, Any]:
+    """The autocast settings in force for ``device_type`` (re-applied in phase 3)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4 has per-device functions only
+        if device_type == "cpu":
+            enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        else:
+            enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    return {
+        "device_type": device_type,
+        "enabled": enabled,
+        "dtype": dtype,
+        "cache_enabled": torch.is_autocast_cache_enabled(),
+    }
+
+
+class SequentializedGradientSampler:
+    """End-to-end gradients for a video encoder with the memory of K snippets.
+
+    Args:
+        encoder: Maps snippets ``[M, *S]`` to features ``[M, C]`` (or to anything ``pool`` turns
+            into ``[M, C]``). Each snippet's feature must depend on that snippet only: see
+            ``docs/transparency.md``.
+        micro_batch_size: K, snippets per encoder call, packed across videos.
+        ratio: γ ∈ [0, 1], fraction of each video's snippets whose feature gradient is
+            back-propagated into the encoder; see :func:`~sgs_tad.microbatch.num_sampled` for
+            the exact count. 0 means a frozen encoder: phase 3 does nothing.
+        sampler: Snippet sampler, a name for :func:`sgs_tad.samplers.make_sampler` or a
+            callable ``sampler(num_items, num_samples, *, features=None, generator=None)``.
+            Samplers with ``requires_features = True`` (``fps``, ``kdpp``) get the phase-1
+            features ``[N_i, C]`` of the video and draw after phase 1.
+        pool: Optional callable applied to the encoder output, e.g. global average pooling of a
+            feature map ``[M, C, T, H, W]`` to ``[M, C]``.
+        grad_scale: ``"none"`` back-propagates the sampled feature gradients as they are (the
+            paper); ``"unbiased"`` multiplies video i's by ``N_i / n_i``, which makes the encoder
+            gradient an unbiased estimate of the end-to-end one for uniform random sampling.
+        preserve_rng_state: Record the torch RNG state before each phase-1 micro-batch that
+            phase 3 recomputes, and replay it, so dropout masks match. Costs a few KB per
+            micro-batch; turn off only for encoders without randomness.
+        determinism_check: Compare the recomputed features with the phase-1 features and raise
+            if they differ beyond floating-point noise.
+        norm_policy: ``"error"`` refuses an encoder with a BatchNorm in training mode (use
+            :func:`sgs_tad.norm.freeze_norm_layers`); ``"allow"`` runs it anyway, accepting
+            gradients that are not exact and running statistics updated twice.
+        on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase
+            3 for that batch (e.g. fp16 with a ``GradScaler``, which will skip the step anyway).
+        generator: Source of all sampling randomness. Default: a private generator seeded from
+            ``torch.initial_seed()``; the global RNG is never advanced by sampling.
+        device: Device the snippets are moved to before each encoder call. Default: the device
+            of the encoder's first parameter (inputs are left alone if it has none).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        micro_batch_size: int = 4,
+        ratio: float = 0.3,
+        sampler: str | SamplerFn = "random",
+        pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        grad_scale: Literal["none", "unbiased"] = "none",
+        preserve_rng_state: bool = True,
+        determinism_check: bool = True,
+        norm_policy: Literal["error", "allow"] = "error",
+        on_nonfinite_grad: Literal["raise", "skip"] = "raise",
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}.")
+        if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
+            raise TypeError(
+                f"micro_batch_size must be an int >= 1, got {micro_batch_size!r} "
+                f"({type(micro_batch_size).__name__})."
+            )
+        if micro_batch_size < 1:
+            raise ValueError(
+                f"micro_batch_size must be >= 1 (snippets per encoder call), got "
+                f"{micro_batch_size}. Use 1 for the smallest memory, 4 as in the paper."
+            )
+        if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+            raise ValueError(
+                f"ratio must be in [0, 1] (fraction of snippets back-propagated), got {ratio!r}. "
+                "Use 0 for a frozen encoder, 1 for the exact end-to-end gradient, 0.3 as in "
+                "the paper."
+            )
+        choices = {
+            "grad_scale": (grad_scale, ("none", "unbiased")),
+            "norm_policy": (norm_policy, ("error", "allow")),
+            "on_nonfinite_grad": (on_nonfinite_grad, ("raise", "skip")),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
+        if pool is not None and not callable(pool):
+            raise TypeError(f"pool must be callable or None, got {type(pool).__name__}.")
+        self.encoder = encoder
+        self.micro_batch_size = micro_batch_size
+        self.ratio = float(ratio)
+        self.sampler = self._resolve_sampler(sampler)
+        self.pool = pool
+        self.grad_scale = grad_scale
+        self.preserve_rng_state = preserve_rng_state
+        self.determinism_check = determinism_check
+        self.norm_policy = norm_policy
+        self.on_nonfinite_grad = on_nonfinite_grad
+        if generator is None:
+            # initial_seed() reads the global seed without advancing the global generator.
+            generator = torch.Generator().manual_seed(torch.initial_seed())
+        self.generator = generator
+        self.device = torch.device(device) if device is not None else None
+        self.stats = SGSStats()
+        # feats -> record; weak keys, so a batch whose features are dropped without a backward
+        # call frees its record instead of leaking it.
+        self._records: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        self._check_norm()
+
+    # ------------------------------------------------------------------ configuration helpers
+
+    @staticmethod
+    def _resolve_sampler(sampler: str | SamplerFn) -> SamplerFn:
+        if isinstance(sampler, str):
+            from .samplers import make_sampler
+
+            return make_sampler(sampler)
+        if not callable(sampler):
+            raise TypeError(
+                f"sampler must be a name (e.g. 'random') or a callable "
+                f"sampler(num_items, num_samples, *, features=None, generator=None); got "
+                f"{type(sampler).__name__}."
+            )
+        return sampler
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether the snippet sampler draws from the phase-1 features (after phase 1)."""
+        return bool(getattr(self.sampler, "requires_features", False))
+
+    def _check_norm(self) -> None:
+        if self.norm_policy == "allow":
+            return
+        names = training_batchnorms(self.encoder)
+        if names:
+            raise ValueError(
+                f"the encoder has BatchNorm layers in training mode: {names[:5]}"
+                f"{' …' if len(names) > 5 else ''}. Their output mixes the snippets of a "
+                "micro-batch and every call updates running statistics, so SGS gradients would "
+                "not be exact. Fix: encoder = sgs_tad.freeze_norm_layers(encoder) (as the paper "
+                "does), or put them in eval mode, or pass norm_policy='allow' to accept it."
+            )
+
+    def _target_device(self) -> torch.device | None:
+        if self.device is not None:
+            return self.device
+        for p in self.encoder.parameters():
+            return p.device
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler generator's state (for checkpoints)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict`."""
+        if "generator" not in state:
+            raise KeyError(
+                f"SGS state has keys {sorted(state)}; expected 'generator' (from state_dict())."
+            )
+        self.generator.set_state(state["generator"])
+
+    def mask(self, feats: torch.Tensor) -> torch.Tensor:
+        """Validity mask ``[B, N_max]`` of features returned by :meth:`encode` (padding False)."""
+        return self._record(feats, "mask").mask
+
+    def lengths(self, feats: torch.Tensor) -> list[int]:
+        """Snippet count N_i of each video of features returned by :meth:`encode`."""
+        return list(self._record(feats, "lengths").lengths)
+
+    def _record(self, feats: torch.Tensor, caller: str) -> _EncodeRecord:
+        if not isinstance(feats, torch.Tensor):
+            raise TypeError(f"{caller}: feats must be the tensor returned by encode().")
+        record = self._records.get(feats)
+        if record is None:
+            raise ValueError(
+                f"{caller}: feats (shape {tuple(feats.shape)}) did not come from encode() of "
+                "this sampler, or backward() was already called for it. Pass the very tensor "
+                "encode() returned (not a copy, slice or .detach()), once per encode() call."
+            )
+        return record
+
+    # ----------------------------------------------------------------------------- sampling
+
+    def _draw(self, n_items: int, features: torch.Tensor | None) -> torch.Tensor:
+        k = num_sampled(n_items, self.ratio)
+        if k == n_items:
+            return torch.arange(n_items)
+        idx = self.sampler(n_items, k, features=features, generator=self.generator)
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu().flatten()
+        if (
+            idx.numel() != k
+            or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_items))
+            or torch.unique(idx).numel() != k
+        ):
+            raise ValueError(
+                f"snippet sampler {self.sampler!r} returned {idx.tolist()[:8]}… for "
+                f"num_items={n_items}, num_samples={k}; a sampler must return {k} distinct "
+                f"indices in [0, {n_items})."
+            )
+        return torch.sort(idx).values
+
+    # ------------------------------------------------------------------------------ phase 1
+
+    def _run(self, batch: MicroBatch, sources: Sequence[SnippetSource]) -> torch.Tensor:
+        x = batch.gather(sources)
+        target = self._target_device()
+        if target is not None and x.device != target:
+            x = x.to(target, non_blocking=True)
+        out = self.encoder(x)
+        if self.pool is not None:
+            out = self.pool(out)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(batch):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"the encoder (with pool) must map {len(batch)} snippets [M, *S] to features "
+                f"[M, C] = [{len(batch)}, C]; it returned {shape}. If it returns a feature map, "
+                "pass pool=..., e.g. pool=lambda x: x.flatten(2).mean(-1)."
+            )
+        return out
+
+    def encode(self, snippets: SnippetInput) -> torch.Tensor:
+        """Phase 1: encode every snippet without a graph, K at a time.
+
+        Args:
+            snippets: A tensor ``[B, N, *S]``, a list of tensors ``[N_i, *S]``, or a list of
+                :class:`~sgs_tad.sources.SnippetSource` (decoded micro-batch by micro-batch).
+
+        Returns:
+            Features ``[B, N_max, C]``: a leaf with ``requires_grad=True`` and no encoder graph.
+            Rows past a video's length are zero; :meth:`mask` tells which rows are real.
+        """
+        if self.norm_policy == "error":
+            self._check_norm()
+        sources = as_sources(snippets)
+        lengths = [len(s) for s in sources]
+        batch_size, n_max = len(sources), max(lengths)
+        k = self.micro_batch_size
+
+        recompute: list[MicroBatch] | None = None
+        sampled_rows: list[torch.Tensor] | None = None
+        if self.ratio > 0 and not self.needs_features:
+            # Draw the sample before phase 1 and put the sampled snippets first: the leading
+            # phase-1 micro-batches are then exactly the phase-3 ones (same snippets, same
+            # order), so a replayed RNG state reproduces their dropout masks.
+            picks = [self._draw(n, None) for n in lengths]
+            first_v, first_p, rest_v, rest_p = [], [], [], []
+            for v, (n, idx) in enumerate(zip(lengths, picks)):
+                chosen = torch.zeros(n, dtype=torch.bool)
+                chosen[idx] = True
+                first_v.append(torch.full((int(idx.numel()),), v, dtype=torch.long))
+                first_p.append(idx)
+                others = (~chosen).nonzero().flatten()
+                rest_v.append(torch.full((int(others.numel()),), v, dtype=torch.long))
+                rest_p.append(others)
+            order_v = torch.cat(first_v + rest_v)
+            order_p = torch.cat(first_p + rest_p)
+            n_sampled = sum(int(i.numel()) for i in picks)
+            batches = pack(order_v, order_p, k)
+            recompute = batches[: -(-n_sampled // k)]
+            # Rows of each recompute batch whose gradient is back-propagated: all but the
+            # unsampled fillers that complete the last one.
+            sampled_rows = [torch.arange(min(k, n_sampled - j * k)) for j in range(len(recompute))]
+        else:
+            order_v = torch.cat(
+                [torch.full((n,), v, dtype=torch.long) for v, n in enumerate(lengths)]
+            )
+            order_p = torch.cat([torch.arange(n) for n in lengths])
+            batches = pack(order_v, order_p, k)
+
+        feats: torch.Tensor | None = None
+        rng_states: list[RNGState | None] = []
+        autocast: dict[str, Any] = {}
+        replay_count = len(recompute) if recompute is not None else 0
+        with torch.no_grad(), phase.encoding():
+            for j, batch in enumerate(batches):
+                if j < replay_count and self.preserve_rng_state:
+                    device = self._target_device() or torch.device("cpu")
+                    rng_states.append(capture_rng_state(device))
+                out = self._run(batch, sources)
+                if feats is None:
+                    autocast = _autocast_state(out.device.type)
+                    feats = out.new_zeros(batch_size, n_max, out.shape[1])
+                elif out.shape[1] != feats.shape[2] or out.dtype != feats.dtype:
+                    raise ValueError(
+                        f"encoder output changed between micro-batches: [{len(batch)}, "
+                        f"{out.shape[1]}] {out.dtype} after [*, {feats.shape[2]}] {feats.dtype}."
+                    )
+                # Writing into the preallocated buffer drops `out` at the next iteration: no
+                # activation of the encoder outlives its micro-batch (no graph under no_grad).
+                feats[batch.videos.to(out.device), batch.positions.to(out.device)] = out
+        assert feats is not None  # at least one snippet per video, checked in as_sources
+        feats.requires_grad_(True)
+
+        mask = torch.zeros(batch_size, n_max, dtype=torch.bool, device=feats.device)
+        for v, n in enumerate(lengths):
+            mask[v, :n] = True
+        self._records[feats] = _EncodeRecord(
+            lengths=lengths,
+            mask=mask,
+            recompute=recompute,
+            sampled_rows=sampled_rows,
+            rng_states=rng_states,
+            autocast=autocast,
+        )
+        self.stats = SGSStats(encode_calls=len(batches), snippets_encoded=sum(lengths))
+        return feats
+
+    # ------------------------------------------------------------------------------ phase 3
+
+    def backward(self, snippets: SnippetInput, feats: torch.Tensor) -> None:
+        """Phase 3: re-run the sampled snippets with grad and accumulate encoder gradients.
+
+        Call it after ``loss.backward()`` has filled ``feats.grad``, with the same snippets that
+        were passed to :meth:`encode`. Encoder ``.grad`` is accumulated into, never zeroed.
+
+        Args:
+            snippets: The input given to :meth:`encode` for ``feats``.
+            feats: The tensor :meth:`encode` returned.
+        """
+        record = self._record(feats, "backward")
+        sources = as_sources(snippets)
+        lengths = [len(s) for s in sources]
+        if lengths != record.lengths:
+            raise ValueError(
+                f"backward: the snippets have lengths {lengths[:8]} but encode() saw "
+                f"{record.lengths[:8]}; pass the same snippets to encode() and backward()."
+            )
+        # The record is consumed here: a second backward for the same feats is an error.
+        del self._records[feats]
+        self.stats.recompute_calls = 0
+        self.stats.snippets_recomputed = 0
+        self.stats.snippets_sampled = 0
+        if self.ratio == 0:
+            return
+        grad = feats.grad
+        if grad is None:
+            raise RuntimeError(
+                "backward: feats.grad is None after the detector's backward. The detector did "
+                "not use the features, or its code detached them (e.g. .detach(), .data, "
+                "torch.no_grad around padding or batching: ActionFormer pads its inputs under "
+                "torch.no_grad). Call loss.backward() before sgs.backward(), and make sure the "
+                "loss depends on feats through operations that keep the graph."
+            )
+        if not bool(torch.isfinite(grad).all()):
+            if self.on_nonfinite_grad == "skip":
+                logger.warning("non-finite feature gradient: phase 3 skipped for this batch")
+                return
+            bad = int((~torch.isfinite(grad)).sum())
+            raise FloatingPointError(
+                f"backward: feats.grad holds {bad} NaN/inf values; the detector loss or its "
+                "backward is not finite. Check the loss for log(0)/division by zero, lower the "
+                "learning rate, or with fp16 + GradScaler pass on_nonfinite_grad='skip'."
+            )
+
+        scale = torch.ones(len(lengths), dtype=grad.dtype, device=grad.device)
+        if record.recompute is not None:
+            batches = record.recompute
+            rows = record.sampled_rows or []
+            states: list[RNGState | None] = list(record.rng_states) or [None] * len(batches)
+        else:
+            # Feature-guided sampler: the sample exists only now. The sampled snippets get new
+            # micro-batches, so phase-1 RNG states cannot be replayed (see docs/transparency.md).
+            detached = feats.detach()
+            picks = [self._draw(n, detached[v, :n]) for v, n in enumerate(lengths)]
+            order_v = torch.cat(
+                [torch.full((int(p.numel()),), v, dtype=torch.long) for v, p in enumerate(picks)]
+            )
+            order_p = torch.cat(picks)
+            batches = pack(order_v, order_p, self.micro_batch_size)
+            rows = [torch.arange(len(b)) for b in batches]
+            states = [None] * len(batches)
+        if self.grad_scale == "unbiased":
+            for v, n in enumerate(lengths):
+                scale[v] = n / num_sampled(n, self.ratio)
+
+        autocast = record.autocast
+        with phase.recomputing():
+            for batch, keep, state in zip(batches, rows, states):
+                with replay_rng_state(state), torch.autocast(**autocast):
+                    out = self._run(batch, sources)
+                videos = batch.videos.to(grad.device)
+                positions = batch.positions.to(grad.device)
+                if self.determinism_check:
+                    self._check_same(out.detach(), feats.detach()[videos, positions])
+                keep_d = keep.to(out.device)
+                g = grad[videos[keep_d], positions[keep_d]] * scale[videos[keep_d]].unsqueeze(1)
+                # Only the sampled rows get a gradient; fillers were recomputed solely so the
+                # micro-batch matches phase 1 (same dropout masks, same kernels).
+                torch.autograd.backward(out[keep_d], g.to(out.dtype))
+                self.stats.recompute_calls += 1
+                self.stats.snippets_recomputed += len(batch)
+                self.stats.snippets_sampled += int(keep.numel())
+
+    @staticmethod
+    def _check_same(recomputed: torch.Tensor, original: torch.Tensor) -> None:
+        if recomputed.dtype in (torch.float16, torch.bfloat16):
+            rtol, atol = 1e-2, 1e-2
+        else:
+            rtol, atol = 1e-4, 1e-5
+        if recomputed.shape != original.shape or not torch.allclose(
+            recomputed.to(original.dtype), original, rtol=rtol, atol=atol
+        ):
+            diff = (recomputed.float() - original.float()).abs().max().item()
+            raise RuntimeError(
+                f"determinism check failed: the recomputed features differ from the phase-1 "
+                f"features by up to {diff:.3g}. The encoder is not a pure function of the "
+                "snippet: likely causes are a BatchNorm in training mode (use "
+                "sgs_tad.freeze_norm_layers), randomness outside torch (Python random, numpy) "
+                "or with a feature-guided sampler (its recompute cannot replay dropout), "
+                "in-place state updated by forward, or a lazy source that decodes different "
+                "values on a second call. Fix the cause, or pass determinism_check=False if "
+                "the difference is intended."
+            )
+
+    # ------------------------------------------------------------------------- convenience
+
+    def step(
+        self,
+        snippets: SnippetInput,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> torch.Tensor:
+        """All three phases: ``encode``, ``loss_fn(feats).backward()``, ``backward``.
+
+        Args:
+            snippets: As for :meth:`encode`.
+            loss_fn: Maps the features ``[B, N_max, C]`` to a scalar loss (detector + criterion;
+                use :meth:`mask` on its argument for padded batches).
+            scaler: A ``GradScaler`` for fp16; the loss is scaled before the backward and the
+                scaled feature gradient flows into the encoder as it is (no double scaling).
+
+        Returns:
+            The loss, detached.
+        """
+        feats = self.encode(snippets)
+        loss = loss_fn(feats)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(
+                f"loss_fn must return a scalar tensor, got "
+                f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}."
+            )
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.backward(snippets, feats)
+        return loss.detach()

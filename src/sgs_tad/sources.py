@@ -1,0 +1,59 @@
+"""Snippet sources: where the engine gets the snippets of one video.
+
+The engine accepts three kinds of input (see :class:`~sgs_tad.SequentializedGradientSampler`):
+a tensor ``[B, N, *S]``, a list of per-video tensors ``[N_i, *S]``, or a list of
+:class:`SnippetSource` objects. A source decodes only the snippets it is asked for, so a long
+video is never held in memory whole: the engine asks for one micro-batch at a time.
+
+A source is any object with ``__len__`` (the number of snippets N) and
+``get_snippets(indices)`` returning ``[len(indices), *S]`` for a 1-D ``LongTensor`` of
+indices in ``[0, N)``. It must return the same values every time it is asked for the same
+indices (phase 3 asks again for what phase 1 already decoded), so random augmentation must
+be decided once per video (for example when the source is built), not per call.
+
+Example:
+    >>> import torch
+    >>> src = TensorSource(torch.arange(12.0).view(6, 2))
+    >>> len(src), src.get_snippets(torch.tensor([1, 4])).tolist()
+    (6, [[2.0, 3.0], [8.0, 9.0]])
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["SnippetSource", "TensorSource"]
+
+
+@runtime_checkable
+class SnippetSource(Protocol):
+    """The protocol of a lazy per-video snippet source."""
+
+    def __len__(self) -> int:
+        """Number of snippets N of the video."""
+        ...
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        """Return the snippets ``[len(indices), *S]`` at ``indices`` (1-D ``LongTensor``)."""
+        ...
+
+
+class TensorSource:
+    """A :class:`SnippetSource` over snippets already in memory, ``[N, *S]``."""
+
+    def __init__(self, snippets: torch.Tensor) -> None:
+        if not isinstance(snippets, torch.Tensor) or snippets.dim() < 1:
+            shape = tuple(snippets.shape) if isinstance(snippets, torch.Tensor) else None
+            raise TypeError(
+                f"TensorSource expects a tensor [N, *S]; got {type(snippets).__name__} "
+                f"(shape {shape}). Pass one video's snippets as a tensor with N first."
+            )
+        self.snippets = snippets
+
+    def __len__(self) -> int:
+        return int(self.snippets.shape[0])
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.snippets[indices.to(self.snippets.device)]
