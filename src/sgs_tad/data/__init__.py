@@ -1,0 +1,33 @@
+"""Data: ActivityNet-format annotations, lazy video snippet sources, and a synthetic data set.
+
+PyAV and Pillow (``pip install 'sgs_tad[video]'``) are needed to read or generate videos and
+frame folders; annotations and ``.npy`` features need neither.
+"""
+
+from .annotations import AnnotationSet, VideoAnnotation, load_annotations, parse_annotations
+from .dataset import ActivityNetDataset, VideoBatch, VideoSample, collate_samples
+from .snippets import CropBox, MediaSnippetSource, SliceSource, draw_crop, snippet_frame_indices
+from .synthetic import SYNTHETIC_CLASSES, generate_synthetic_dataset, synthetic_video_dir
+from .windows import WindowedDataset, sliding_windows, window_sample
+
+__all__ = [
+    "SYNTHETIC_CLASSES",
+    "ActivityNetDataset",
+    "AnnotationSet",
+    "CropBox",
+    "MediaSnippetSource",
+    "SliceSource",
+    "VideoAnnotation",
+    "VideoBatch",
+    "VideoSample",
+    "WindowedDataset",
+    "collate_samples",
+    "draw_crop",
+    "generate_synthetic_dataset",
+    "load_annotations",
+    "parse_annotations",
+    "sliding_windows",
+    "snippet_frame_indices",
+    "synthetic_video_dir",
+    "window_sample",
+]

@@ -1,0 +1,226 @@
+"""ActivityNet-format annotations: the ``database`` JSON read into immutable records.
+
+The official ActivityNet annotation file looks like::
+
+    {"version": "...", "taxonomy": [...],
+     "database": {"<video id>": {"subset": "training", "duration": 123.4,
+                                 "annotations": [{"segment": [s, e], "label": "..."}]}}}
+
+Times are in seconds. :func:`load_annotations` turns it into :class:`VideoAnnotation` records
+made of tuples and frozen dataclasses, so no dataset code can mutate the cached annotations
+(the habit of mutating them in ``__getitem__`` is a known source of bugs in TAD code).
+
+Example:
+    >>> import json, tempfile, os
+    >>> db = {"database": {"a": {"subset": "training", "duration": 10.0,
+    ...       "annotations": [{"segment": [1.0, 4.0], "label": "jump"}]}}}
+    >>> path = os.path.join(tempfile.mkdtemp(), "anno.json")
+    >>> with open(path, "w") as f:
+    ...     json.dump(db, f)
+    >>> ann = load_annotations(path, subset="training")
+    >>> ann.classes, ann.videos[0].segments, ann.videos[0].labels
+    (('jump',), ((1.0, 4.0),), ('jump',))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["AnnotationSet", "VideoAnnotation", "load_annotations", "parse_annotations"]
+
+logger = logging.getLogger(__name__)
+
+#: Subset names of the official file, with the short aliases accepted by ``subset=``.
+SUBSET_ALIASES: dict[str, str] = {
+    "train": "training",
+    "training": "training",
+    "val": "validation",
+    "validation": "validation",
+    "test": "testing",
+    "testing": "testing",
+}
+
+
+@dataclass(frozen=True)
+class VideoAnnotation:
+    """The ground truth of one video, immutable.
+
+    Attributes:
+        video_id: The key in ``database`` (without any ``v_`` prefix it may carry on disk).
+        subset: ``"training"``, ``"validation"``, ``"testing"`` or whatever the file says.
+        duration: Duration in seconds.
+        segments: ``((start, end), ...)`` in seconds, one per instance, as in the file.
+        labels: Class name of each instance, aligned with ``segments``.
+        label_ids: Index of each label in the class list of the :class:`AnnotationSet`.
+        fps: Frame rate when the file states one (``"fps"`` key), else ``None``.
+    """
+
+    video_id: str
+    subset: str
+    duration: float
+    segments: tuple[tuple[float, float], ...]
+    labels: tuple[str, ...]
+    label_ids: tuple[int, ...]
+    fps: float | None = None
+
+
+@dataclass(frozen=True)
+class AnnotationSet:
+    """The videos of one annotation file (optionally one subset) and the class list.
+
+    Attributes:
+        videos: The kept videos, sorted by id.
+        classes: Class names; a label's id is its position here.
+        skipped: Number of videos dropped by ``on_error="skip"``.
+    """
+
+    videos: tuple[VideoAnnotation, ...]
+    classes: tuple[str, ...]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def by_id(self, video_id: str) -> VideoAnnotation:
+        """Return the record of ``video_id``; raises ``KeyError`` naming it if absent."""
+        for v in self.videos:
+            if v.video_id == video_id:
+                return v
+        raise KeyError(f"video {video_id!r} is not in this annotation set ({len(self)} videos)")
+
+
+def load_annotations(
+    path: str | Path,
+    *,
+    subset: str | None = None,
+    classes: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> AnnotationSet:
+    """Read an ActivityNet-format annotation JSON file.
+
+    Args:
+        path: The JSON file.
+        subset: Keep only this subset (``"training"``/``"train"``, ``"validation"``/``"val"``,
+            ``"testing"``/``"test"``, or any name used in the file); ``None`` keeps all.
+        classes: The class list. ``None`` uses the sorted set of labels over the *whole*
+            file (all subsets), so training and validation sets built from one file agree.
+        on_error: What to do with a video whose label is not in ``classes`` or whose segment is
+            malformed: ``"raise"`` a ``ValueError``, or ``"skip"`` the video and log one warning
+            with the count.
+
+    Returns:
+        The :class:`AnnotationSet`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"annotation file {str(path)!r} does not exist; pass the path of an ActivityNet-"
+            "format JSON file (make a synthetic one with sgs_tad.data.generate_synthetic_dataset)."
+        )
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return parse_annotations(data, subset=subset, classes=classes, on_error=on_error)
+
+
+def parse_annotations(
+    data: Mapping[str, Any],
+    *,
+    subset: str | None = None,
+    classes: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> AnnotationSet:
+    """Like :func:`load_annotations`, from the already parsed JSON object ``data``."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
+    if not isinstance(data, Mapping) or not isinstance(data.get("database"), Mapping):
+        raise ValueError(
+            "an ActivityNet annotation file must be a JSON object with a 'database' object "
+            f"mapping video ids to records; got top-level keys {sorted(data)[:5]!r}"
+            if isinstance(data, Mapping)
+            else f"expected a JSON object; got {type(data).__name__}"
+        )
+    database: Mapping[str, Any] = data["database"]
+    if classes is None:
+        names = {
+            str(a.get("label"))
+            for rec in database.values()
+            for a in (rec.get("annotations") or [])
+            if isinstance(a, Mapping) and "label" in a
+        }
+        class_list = tuple(sorted(names))
+    else:
+        class_list = tuple(str(c) for c in classes)
+        if len(set(class_list)) != len(class_list):
+            raise ValueError(f"classes has duplicate names: {list(class_list)!r}")
+    class_index = {c: i for i, c in enumerate(class_list)}
+    wanted = None if subset is None else SUBSET_ALIASES.get(subset, subset)
+
+    videos: list[VideoAnnotation] = []
+    problems: list[str] = []
+    for video_id in sorted(database):
+        rec = database[video_id]
+        if wanted is not None and rec.get("subset") != wanted:
+            continue
+        try:
+            videos.append(_parse_video(str(video_id), rec, class_index))
+        except ValueError as err:
+            if on_error == "raise":
+                raise
+            problems.append(str(err))
+    if problems:
+        logger.warning(
+            "skipped %d video(s) with bad annotations (first: %s)", len(problems), problems[0]
+        )
+    return AnnotationSet(videos=tuple(videos), classes=class_list, skipped=len(problems))
+
+
+def _parse_video(
+    video_id: str, rec: Mapping[str, Any], class_index: Mapping[str, int]
+) -> VideoAnnotation:
+    try:
+        duration = float(rec["duration"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"video {video_id!r} has no numeric 'duration' (got {rec.get('duration')!r}); "
+            "every database record needs its duration in seconds."
+        ) from None
+    if not math.isfinite(duration) or duration <= 0:
+        raise ValueError(f"video {video_id!r} has duration {duration}; expected > 0 seconds.")
+    segments: list[tuple[float, float]] = []
+    labels: list[str] = []
+    for a in rec.get("annotations") or []:
+        seg = a.get("segment") if isinstance(a, Mapping) else None
+        if not isinstance(seg, Sequence) or len(seg) != 2:
+            raise ValueError(
+                f"video {video_id!r} has an annotation without a [start, end] 'segment': {a!r}"
+            )
+        start, end = float(seg[0]), float(seg[1])
+        if not (end > start):
+            raise ValueError(
+                f"video {video_id!r} has segment [{start}, {end}] whose end is not after its start"
+            )
+        label = str(a.get("label"))
+        if label not in class_index:
+            raise ValueError(
+                f"video {video_id!r} has label {label!r}, which is not in the class list "
+                f"({len(class_index)} classes, e.g. {list(class_index)[:5]!r}); pass classes= "
+                "with every label, or on_error='skip' to drop such videos."
+            )
+        segments.append((start, end))
+        labels.append(label)
+    fps = rec.get("fps")
+    return VideoAnnotation(
+        video_id=video_id,
+        subset=str(rec.get("subset", "")),
+        duration=duration,
+        segments=tuple(segments),
+        labels=tuple(labels),
+        label_ids=tuple(class_index[lab] for lab in labels),
+        fps=None if fps is None else float(fps),
+    )

@@ -1,0 +1,318 @@
+"""The ActivityNet-format data set: one item per video, with a lazy snippet source.
+
+Example:
+    >>> from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset
+    >>> ann = generate_synthetic_dataset("/tmp/synth")  # doctest: +SKIP
+    >>> ds = ActivityNetDataset(ann, "/tmp/synth/videos", subset="training",
+    ...                         num_snippets=32, snippet_length=4, size=32,
+    ...                         training=True)  # doctest: +SKIP
+    >>> sample = ds[0]  # doctest: +SKIP
+    >>> sample.source.get_snippets(torch.tensor([0, 5])).shape  # doctest: +SKIP
+    torch.Size([2, 3, 4, 32, 32])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..sources import TensorSource
+from .annotations import AnnotationSet, VideoAnnotation, load_annotations
+from .snippets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MediaSnippetSource,
+    draw_crop,
+    snippet_frame_indices,
+)
+from .video import MediaInfo, find_media, load_features, probe_media
+
+__all__ = ["ActivityNetDataset", "VideoBatch", "VideoSample", "collate_samples"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoSample:
+    """One video (or one window of it, see :mod:`sgs_tad.data.windows`).
+
+    Attributes:
+        source: The snippets, ``N`` of them: ``get_snippets(idx)`` gives ``[n, 3, L, H, W]``
+            (video, frames) or ``[n, C]`` (features).
+        segments: Ground truth ``float32 [G, 2]``, start and end as fractions of ``duration``
+            (``[0, 1]``; clipped to it).
+        labels: Class ids ``int64 [G]``.
+        video_id: The id in the annotation file.
+        duration: Seconds covered by the sample (the video, or the window).
+        fps: Frame rate of the video (features: ``num_frames / duration``).
+        snippet_times: Centre of each snippet in seconds from ``offset``, ``float32 [N]``.
+        offset: Start of the sample in the video, seconds (0 except for windows).
+        features: ``[N, C]`` in features mode, else ``None``.
+    """
+
+    source: Any
+    segments: torch.Tensor
+    labels: torch.Tensor
+    video_id: str
+    duration: float
+    fps: float
+    snippet_times: torch.Tensor
+    offset: float = 0.0
+    features: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class VideoBatch:
+    """What :func:`collate_samples` makes of a list of samples (videos stay a list)."""
+
+    sources: list[Any]
+    segments: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    video_ids: list[str]
+    durations: torch.Tensor
+    offsets: torch.Tensor
+    samples: list[VideoSample]
+
+
+def collate_samples(samples: Sequence[VideoSample]) -> VideoBatch:
+    """``collate_fn`` for a ``DataLoader`` over :class:`ActivityNetDataset`."""
+    samples = list(samples)
+    return VideoBatch(
+        sources=[s.source for s in samples],
+        segments=[s.segments for s in samples],
+        labels=[s.labels for s in samples],
+        video_ids=[s.video_id for s in samples],
+        durations=torch.tensor([s.duration for s in samples], dtype=torch.float64),
+        offsets=torch.tensor([s.offset for s in samples], dtype=torch.float64),
+        samples=samples,
+    )
+
+
+class ActivityNetDataset(Dataset):
+    """Videos of an ActivityNet-format annotation file, each as a lazy snippet source.
+
+    Every video is found and probed when the data set is built (file present, frame count,
+    long enough for one snippet), so problems surface at once and ``len()`` is final.
+
+    Args:
+        annotations: An annotation JSON path, or an :class:`AnnotationSet`.
+        root: Folder holding ``v_<id>.<ext>`` / ``<id>.<ext>`` files (or folders for frames).
+        subset: With a path: keep this subset (``"training"``, ``"validation"``, aliases
+            ``"train"``, ``"val"``); ``None`` keeps all.
+        mode: ``"video"`` (PyAV), ``"frames"`` (a folder of images per video, Pillow) or
+            ``"features"`` (``.npy`` ``[T, C]``; resampled linearly to ``num_snippets``).
+        num_snippets: T, the number of snippets per video; ``None`` takes a snippet every
+            ``snippet_stride`` frames instead (variable N, THUMOS style; features are then
+            used at their native length).
+        snippet_length: L, frames per snippet.
+        frame_stride: Frames between consecutive frames of a snippet.
+        snippet_stride: Frames between snippet starts when ``num_snippets=None``.
+        size: Output frame size, ``int`` or ``(H, W)``.
+        training: Random crop (drawn once per video and epoch) if true, centre crop if false.
+        crop_scale: ``(min, max)`` side fraction of the crop box (see :func:`draw_crop`); the
+            centre crop uses ``max``.
+        mean: Per-channel normalisation mean (pixels in ``[0, 1]``).
+        std: Per-channel normalisation standard deviation.
+        seed: Seed of the crop draws; the crop of video ``i`` in epoch ``e`` comes from a
+            ``torch.Generator`` seeded with ``(seed, e, i)``, the same in any DataLoader worker.
+        classes: Class list (default: sorted labels of the whole file).
+        on_error: ``"raise"``: a missing file, a video shorter than one snippet or an unknown
+            label raises ``ValueError``/``FileNotFoundError``. ``"skip"``: such videos are
+            dropped and one warning counts them by reason (also in ``self.skipped``).
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path | AnnotationSet,
+        root: str | Path,
+        *,
+        subset: str | None = None,
+        mode: Literal["video", "frames", "features"] = "video",
+        num_snippets: int | None = 128,
+        snippet_length: int = 8,
+        frame_stride: int = 1,
+        snippet_stride: int | None = None,
+        size: int | tuple[int, int] = 112,
+        training: bool = False,
+        crop_scale: tuple[float, float] = (0.8, 1.0),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        if mode not in ("video", "frames", "features"):
+            raise ValueError(f"mode must be 'video', 'frames' or 'features'; got {mode!r}.")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
+        if isinstance(annotations, AnnotationSet):
+            if subset is not None or classes is not None:
+                raise ValueError(
+                    "subset= and classes= apply when reading a file; with an AnnotationSet, "
+                    "pass them to load_annotations instead."
+                )
+            ann = annotations
+        else:
+            ann = load_annotations(annotations, subset=subset, classes=classes, on_error=on_error)
+        self.classes = ann.classes
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data root {str(self.root)!r} is not a folder.")
+        self.mode = mode
+        self.num_snippets = num_snippets
+        self.snippet_length = int(snippet_length)
+        self.frame_stride = int(frame_stride)
+        self.snippet_stride = snippet_stride
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.training = bool(training)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB); got {mean!r}, {std!r}.")
+        self.seed = int(seed)
+        self.epoch = 0
+
+        skipped: Counter[str] = Counter({"bad annotation": ann.skipped} if ann.skipped else {})
+        self.videos: tuple[VideoAnnotation, ...] = ()
+        self.media: tuple[MediaInfo, ...] = ()
+        kept: list[tuple[VideoAnnotation, MediaInfo]] = []
+        first_problem = ""
+        for video in ann.videos:
+            try:
+                kept.append((video, self._probe(video)))
+            except (FileNotFoundError, ValueError) as err:
+                if on_error == "raise":
+                    raise
+                skipped[getattr(err, "reason", "unreadable")] += 1
+                first_problem = first_problem or str(err)
+        if sum(skipped.values()):
+            logger.warning(
+                "skipped %d of %d videos (%s); first: %s",
+                sum(skipped.values()),
+                len(ann.videos) + ann.skipped,
+                ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
+                first_problem,
+            )
+        self.skipped: dict[str, int] = dict(skipped)
+        self.videos = tuple(v for v, _ in kept)
+        self.media = tuple(m for _, m in kept)
+
+    def _probe(self, video: VideoAnnotation) -> MediaInfo:
+        path = find_media(self.root, video.video_id, self.mode)
+        if path is None:
+            err = FileNotFoundError(
+                f"no {self.mode} for video {video.video_id!r} under {str(self.root)!r}: looked "
+                f"for v_{video.video_id}.* and {video.video_id}.*"
+                + ("/ folders" if self.mode == "frames" else "")
+                + "; fix the root or pass on_error='skip'."
+            )
+            err.reason = "missing file"  # type: ignore[attr-defined]
+            raise err
+        info = probe_media(path, self.mode)
+        if self.mode != "features":
+            span = (self.snippet_length - 1) * self.frame_stride + 1
+            if info.num_frames < span:
+                err2 = ValueError(
+                    f"video {video.video_id!r} ({str(path)!r}) has {info.num_frames} frames, "
+                    f"shorter than one snippet ({span} frames); lower snippet_length or pass "
+                    "on_error='skip'."
+                )
+                err2.reason = "shorter than one snippet"  # type: ignore[attr-defined]
+                raise err2
+        elif info.num_frames < 1:
+            raise ValueError(f"feature file {str(path)!r} has no rows.")
+        return info
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the crop draws of the next items (call once per epoch, as with samplers)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def num_snippets_of(self, index: int) -> int:
+        """Number of snippets N of video ``index`` (without building the item)."""
+        if self.num_snippets is not None:
+            return self.num_snippets
+        info = self.media[index]
+        if self.mode == "features":
+            return info.num_frames
+        return int(
+            snippet_frame_indices(
+                info.num_frames,
+                None,
+                self.snippet_length,
+                frame_stride=self.frame_stride,
+                snippet_stride=self.snippet_stride,
+            ).shape[0]
+        )
+
+    def __getitem__(self, index: int) -> VideoSample:
+        video, info = self.videos[index], self.media[index]
+        duration = video.duration
+        fps = info.fps or video.fps or info.num_frames / duration
+        # Copies, never views of the annotation: callers may edit these tensors freely.
+        segments = torch.tensor(video.segments, dtype=torch.float32).reshape(-1, 2)
+        segments = (segments / duration).clamp_(0.0, 1.0)
+        labels = torch.tensor(video.label_ids, dtype=torch.long)
+
+        if self.mode == "features":
+            feats = torch.from_numpy(load_features(info.path))
+            if self.num_snippets is not None and feats.shape[0] != self.num_snippets:
+                feats = (
+                    F.interpolate(
+                        feats.t()[None], size=self.num_snippets, mode="linear", align_corners=False
+                    )[0]
+                    .t()
+                    .contiguous()
+                )
+            n = feats.shape[0]
+            times = (torch.arange(n, dtype=torch.float32) + 0.5) * (duration / n)
+            return VideoSample(
+                TensorSource(feats),
+                segments,
+                labels,
+                video.video_id,
+                duration,
+                float(fps),
+                times,
+                features=feats,
+            )
+
+        frame_idx = snippet_frame_indices(
+            info.num_frames,
+            self.num_snippets,
+            self.snippet_length,
+            frame_stride=self.frame_stride,
+            snippet_stride=self.snippet_stride,
+        )
+        generator = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 1_000_003 + index
+        )
+        crop = draw_crop(
+            (info.height, info.width),
+            self.size,
+            mode="random" if self.training else "center",
+            scale=self.crop_scale,
+            generator=generator,
+        )
+        source = MediaSnippetSource(
+            info.path,
+            frame_idx,
+            kind="video" if self.mode == "video" else "frames",
+            crop=crop,
+            size=self.size,
+            mean=self.mean,
+            std=self.std,
+        )
+        times = (frame_idx.float().mean(dim=1) + 0.5) / float(fps)
+        return VideoSample(source, segments, labels, video.video_id, duration, float(fps), times)

@@ -1,0 +1,251 @@
+"""Lazy snippet sources over video files and frame folders, with the spatial pipeline.
+
+A video of F frames becomes N snippets of L frames (:func:`snippet_frame_indices`); the source
+decodes only the frames of the snippets it is asked for. Its spatial pipeline is fixed when it
+is built: crop box (random for training, drawn once from an explicit ``torch.Generator``;
+centred for testing), resize to ``size`` with ``torch.nn.functional.interpolate``, then
+per-channel normalisation. Hence identical indices always give identical values, which the
+SGS engine needs (phase 3 re-decodes what phase 1 decoded).
+
+Example:
+    >>> snippet_frame_indices(20, 4, 3).tolist()
+    [[1, 2, 3], [6, 7, 8], [11, 12, 13], [16, 17, 18]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .video import decode_video_frames, list_frame_files, read_frame_files
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CropBox",
+    "MediaSnippetSource",
+    "SliceSource",
+    "draw_crop",
+    "snippet_frame_indices",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def snippet_frame_indices(
+    num_frames: int,
+    num_snippets: int | None,
+    snippet_length: int,
+    *,
+    frame_stride: int = 1,
+    snippet_stride: int | None = None,
+) -> torch.Tensor:
+    """Frame indices of each snippet, ``LongTensor [N, L]``.
+
+    Two regimes:
+
+    * ``num_snippets=T`` (ActivityNet): T snippets whose centres are uniformly spaced,
+      snippet i centred at frame ``(i + 0.5) * F / T``; they overlap when ``T * L > F``.
+    * ``num_snippets=None`` (THUMOS): a snippet every ``snippet_stride`` frames (default
+      ``snippet_length * frame_stride``, i.e. back to back), as many as fit.
+
+    Within a snippet, frames are ``frame_stride`` apart.
+
+    Raises:
+        ValueError: when the video is shorter than one snippet
+            (``F < (L - 1) * frame_stride + 1``).
+    """
+    if snippet_length < 1 or frame_stride < 1:
+        raise ValueError(
+            f"snippet_length and frame_stride must be >= 1; got {snippet_length}, {frame_stride}."
+        )
+    span = (snippet_length - 1) * frame_stride + 1
+    if num_frames < span:
+        raise ValueError(
+            f"the video has {num_frames} frames, shorter than one snippet of {snippet_length} "
+            f"frames {frame_stride} apart ({span} frames); lower snippet_length/frame_stride "
+            "or drop the video (on_error='skip')."
+        )
+    offsets = torch.arange(snippet_length) * frame_stride
+    if num_snippets is None:
+        step = snippet_stride if snippet_stride is not None else span
+        if step < 1:
+            raise ValueError(f"snippet_stride must be >= 1; got {step}.")
+        starts = torch.arange(0, num_frames - span + 1, step)
+    else:
+        if num_snippets < 1:
+            raise ValueError(f"num_snippets must be >= 1 or None; got {num_snippets}.")
+        centres = (
+            (torch.arange(num_snippets, dtype=torch.float64) + 0.5) * num_frames / num_snippets
+        )
+        starts = torch.round(centres - span / 2).long().clamp(0, num_frames - span)
+    return starts[:, None] + offsets[None, :]
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop in source pixels: rows ``top:top+height``, columns ``left:left+width``."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def draw_crop(
+    frame_size: tuple[int, int],
+    out_size: tuple[int, int],
+    *,
+    mode: Literal["center", "random"],
+    scale: tuple[float, float] = (0.8, 1.0),
+    generator: torch.Generator | None = None,
+) -> CropBox:
+    """Choose the crop box of one video.
+
+    The box has the aspect ratio of ``out_size`` and is the largest such box in the frame,
+    shrunk by a factor ``s``. ``"center"``: ``s = scale[1]``, centred. ``"random"``: ``s``
+    uniform in ``scale`` and a uniform position, drawn from ``generator``.
+
+    Args:
+        frame_size: ``(H, W)`` of the decoded frames.
+        out_size: ``(h, w)`` after resizing.
+        mode: ``"center"`` (evaluation) or ``"random"`` (training augmentation).
+        scale: ``(min, max)`` side fraction, ``0 < min <= max <= 1``.
+        generator: Required for ``"random"``.
+    """
+    h0, w0 = frame_size
+    lo, hi = scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1; got {scale!r}.")
+    aspect = out_size[1] / out_size[0]
+    bh, bw = (h0, h0 * aspect) if h0 * aspect <= w0 else (w0 / aspect, w0)
+    if mode == "center":
+        s = hi
+    elif mode == "random":
+        if generator is None:
+            raise ValueError("crop mode 'random' needs generator= (a seeded torch.Generator).")
+        s = lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
+    else:
+        raise ValueError(f"crop mode must be 'center' or 'random'; got {mode!r}.")
+    ch, cw = max(1, round(bh * s)), max(1, round(bw * s))
+    if mode == "center":
+        return CropBox((h0 - ch) // 2, (w0 - cw) // 2, ch, cw)
+    top = int(torch.randint(0, h0 - ch + 1, (), generator=generator))
+    left = int(torch.randint(0, w0 - cw + 1, (), generator=generator))
+    return CropBox(top, left, ch, cw)
+
+
+class MediaSnippetSource:
+    """A :class:`~sgs_tad.sources.SnippetSource` that decodes snippets of a file on demand.
+
+    Args:
+        path: Video file (``kind="video"``, PyAV) or frame folder (``kind="frames"``, Pillow).
+        frame_indices: ``LongTensor [N, L]`` from :func:`snippet_frame_indices`.
+        kind: ``"video"`` or ``"frames"``.
+        crop: The crop box, decided once for this video (see :func:`draw_crop`).
+        size: Output ``(H, W)``.
+        mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
+        std: Per-channel standard deviation divided by.
+
+    ``get_snippets(indices)`` returns ``float32 [n, 3, L, H, W]``. The object holds only the
+    path and small tensors (no open file), so it pickles to DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        frame_indices: torch.Tensor,
+        *,
+        kind: Literal["video", "frames"],
+        crop: CropBox,
+        size: tuple[int, int],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if kind not in ("video", "frames"):
+            raise ValueError(f"kind must be 'video' or 'frames'; got {kind!r}.")
+        if frame_indices.dim() != 2:
+            raise ValueError(
+                f"frame_indices must be [N, L]; got shape {tuple(frame_indices.shape)}."
+            )
+        self.path = Path(path)
+        self.frame_indices = frame_indices.long()
+        self.kind = kind
+        self.crop = crop
+        self.size = (int(size[0]), int(size[1]))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._files: list[Path] | None = None
+
+    def __len__(self) -> int:
+        return int(self.frame_indices.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"MediaSnippetSource({str(self.path)!r}, kind={self.kind!r}, N={len(self)}, "
+            f"L={self.frame_indices.shape[1]}, size={self.size}, crop={self.crop})"
+        )
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decode and transform snippets ``indices`` (1-D) into ``[n, 3, L, H, W]``."""
+        indices = torch.as_tensor(indices).long().reshape(-1)
+        n = int(indices.numel())
+        if n and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
+            raise IndexError(
+                f"snippet indices must be in [0, {len(self)}); got min {int(indices.min())}, "
+                f"max {int(indices.max())}."
+            )
+        length = int(self.frame_indices.shape[1])
+        if n == 0:
+            return torch.empty(0, 3, length, *self.size)
+        wanted = self.frame_indices[indices].reshape(-1).tolist()
+        if self.kind == "video":
+            frames = decode_video_frames(self.path, wanted)
+        else:
+            if self._files is None:
+                self._files = list_frame_files(self.path)
+            frames = read_frame_files(self._files, wanted)
+        return (
+            self._transform(torch.from_numpy(frames))
+            .view(n, length, 3, *self.size)
+            .transpose(1, 2)
+        )
+
+    def _transform(self, frames: torch.Tensor) -> torch.Tensor:
+        """``uint8 [M, H0, W0, 3]`` -> normalised ``float32 [M, 3, H, W]``."""
+        c = self.crop
+        x = frames[:, c.top : c.top + c.height, c.left : c.left + c.width]
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if (c.height, c.width) != self.size:
+            down = c.height > self.size[0] or c.width > self.size[1]
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", align_corners=False, antialias=down
+            )
+        return ((x - self.mean) / self.std).contiguous()
+
+
+class SliceSource:
+    """Snippets ``start:stop`` of any snippet source (a sliding window over a long video)."""
+
+    def __init__(self, source: object, start: int, stop: int) -> None:
+        n = len(source)  # type: ignore[arg-type]
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"need 0 <= start < stop <= {n}; got start={start}, stop={stop}.")
+        self.source = source
+        self.start = int(start)
+        self.stop = int(stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        indices = torch.as_tensor(indices).long()
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
+            raise IndexError(f"snippet indices must be in [0, {len(self)}).")
+        return self.source.get_snippets(indices + self.start)  # type: ignore[attr-defined]

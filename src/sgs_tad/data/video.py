@@ -1,0 +1,246 @@
+"""Reading one video from disk: a video file (PyAV), a folder of frames (Pillow) or features.
+
+Files are found by :func:`find_media` under the names seen in the wild, ``v_<id>.<ext>`` and
+``<id>.<ext>`` (a frame folder is ``v_<id>/`` or ``<id>/``). PyAV and Pillow are optional
+(``pip install sgs_tad[video]``); they are imported at the point of use.
+
+Decoding strategy (:func:`decode_video_frames`): the container is opened per call, seeks to the
+key frame before the first requested frame when that frame is far from the start, then decodes
+forward and keeps only the requested frames, stopping after the last one. Frame indices come from
+presentation timestamps, so B-frames and seeking give the same frames as a plain sequential
+decode (tested). Nothing is cached between calls: a source object stays small and picklable,
+and memory holds only the frames of the current request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "FEATURE_EXTENSIONS",
+    "FRAME_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "MediaInfo",
+    "decode_video_frames",
+    "find_media",
+    "list_frame_files",
+    "load_features",
+    "probe_media",
+    "read_frame_files",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+FRAME_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+FEATURE_EXTENSIONS: tuple[str, ...] = (".npy",)
+
+MediaKind = Literal["video", "frames", "features"]
+
+# Seek only when the first wanted frame is further than this from the start: seeking costs a
+# container-level jump plus decoding from the previous key frame, which for short clips is
+# slower than just decoding from frame 0.
+_SEEK_MIN_FRAMES = 32
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe_media` learns about one video.
+
+    Attributes:
+        path: The file or folder.
+        kind: ``"video"``, ``"frames"`` or ``"features"``.
+        num_frames: Frames (video, frame folder) or feature rows (features).
+        fps: Frames per second when known (video files), else ``None``.
+        height: Frame height in pixels (0 for features).
+        width: Frame width in pixels (0 for features).
+    """
+
+    path: Path
+    kind: MediaKind
+    num_frames: int
+    fps: float | None
+    height: int
+    width: int
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        pip_name = {"av": "av", "PIL": "pillow"}.get(module, module)
+        raise ImportError(
+            f"reading this data needs the optional package {pip_name!r}: "
+            f"pip install 'sgs_tad[video]' (or pip install {pip_name})"
+        ) from err
+
+
+def find_media(root: str | Path, video_id: str, kind: MediaKind) -> Path | None:
+    """Find the file (or frame folder) of ``video_id`` under ``root``.
+
+    Tries ``v_<id>`` and ``<id>`` (and ``<id>`` without a leading ``v_``), with each extension
+    of ``kind`` (``VIDEO_EXTENSIONS`` or ``FEATURE_EXTENSIONS``; a folder for ``"frames"``).
+
+    Returns:
+        The path, or ``None`` when nothing matches.
+    """
+    root = Path(root)
+    stems = [f"v_{video_id}", video_id]
+    if video_id.startswith("v_"):
+        stems.append(video_id[2:])
+    for stem in stems:
+        if kind == "frames":
+            if (root / stem).is_dir():
+                return root / stem
+            continue
+        exts = VIDEO_EXTENSIONS if kind == "video" else FEATURE_EXTENSIONS
+        for ext in exts:
+            if (root / (stem + ext)).is_file():
+                return root / (stem + ext)
+    return None
+
+
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """The image files of a frame folder, sorted by name (``img_00001.jpg`` ... )."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+
+
+def probe_media(path: str | Path, kind: MediaKind) -> MediaInfo:
+    """Count frames and read fps and frame size without decoding the whole video.
+
+    For video files the container's frame count is used; when it is missing (some containers
+    do not store it) it is estimated from duration × frame rate.
+    """
+    path = Path(path)
+    if kind == "features":
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 2:
+            raise ValueError(
+                f"feature file {str(path)!r} has shape {arr.shape}; expected [T, C] (2-D)."
+            )
+        return MediaInfo(path, "features", int(arr.shape[0]), None, 0, 0)
+    if kind == "frames":
+        files = list_frame_files(path)
+        if not files:
+            return MediaInfo(path, "frames", 0, None, 0, 0)
+        image = _require("PIL.Image")
+        with image.open(files[0]) as im:
+            width, height = im.size
+        return MediaInfo(path, "frames", len(files), None, int(height), int(width))
+    av = _require("av")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        n = int(stream.frames or 0)
+        if n <= 0 and fps > 0:
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            else:
+                seconds = float(container.duration or 0) / 1e6
+            n = round(seconds * fps)
+        return MediaInfo(path, "video", n, fps or None, int(stream.height), int(stream.width))
+
+
+def decode_video_frames(
+    path: str | Path, frame_indices: Sequence[int], *, allow_seek: bool = True
+) -> np.ndarray:
+    """Decode the frames at ``frame_indices`` of a video file.
+
+    Args:
+        path: The video file.
+        frame_indices: 0-based frame indices, any order, repeats allowed.
+
+        allow_seek: Seek to the key frame before the first wanted frame (when it is at least
+            32 frames in); ``False`` always decodes from the start.
+
+    Returns:
+        ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB), in the order asked. A frame
+        index beyond the end of the stream is served by the last decoded frame (containers
+        sometimes overstate the frame count by one).
+    """
+    av = _require("av")
+    wanted = sorted(set(int(i) for i in frame_indices))
+    if not wanted:
+        raise ValueError("frame_indices is empty; ask for at least one frame.")
+    if wanted[0] < 0:
+        raise ValueError(f"frame indices must be >= 0; got {wanted[0]}.")
+    last = wanted[-1]
+    got: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        # Single-threaded on purpose: a frame-thread pool costs more to start than decoding a
+        # micro-batch of small frames; parallelism comes from DataLoader workers instead.
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        tb = stream.time_base
+        start = stream.start_time or 0
+        use_pts = fps > 0 and tb is not None
+        seeked = allow_seek and use_pts and wanted[0] >= _SEEK_MIN_FRAMES
+        if seeked:
+            target = int(start + (wanted[0] / fps) / float(tb))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        wanted_set = set(wanted)
+        for seq, frame in enumerate(container.decode(stream)):
+            if use_pts and frame.pts is not None:
+                index = round(float((frame.pts - start) * tb) * fps)
+            elif seeked:
+                # No timestamp after a seek: the position is unknown, decode from the start.
+                return decode_video_frames(path, frame_indices, allow_seek=False)
+            else:
+                index = seq
+            if index > last:
+                break
+            if index in wanted_set:
+                # Convert now and drop the decoder frame: only the requested frames stay alive.
+                got[index] = frame.to_ndarray(format="rgb24")
+                if len(got) == len(wanted_set):
+                    break
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        if not got:
+            raise ValueError(
+                f"could not decode frames {missing[:5]} of {str(path)!r}: the stream ended "
+                "before them; the video is shorter than its container says."
+            )
+        last_frame = got[max(got)]
+        logger.debug("%s: %d frame(s) past the end served by the last one", path, len(missing))
+        for i in missing:
+            got[i] = last_frame
+    return np.stack([got[int(i)] for i in frame_indices])
+
+
+def read_frame_files(files: Sequence[Path], frame_indices: Sequence[int]) -> np.ndarray:
+    """Read frames ``frame_indices`` of a frame folder (``files`` from :func:`list_frame_files`).
+
+    Returns:
+        ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB).
+    """
+    image = _require("PIL.Image")
+    cache: dict[int, np.ndarray] = {}
+    out = []
+    for i in frame_indices:
+        i = int(i)
+        if i not in cache:
+            with image.open(files[i]) as im:
+                cache[i] = np.asarray(im.convert("RGB"))
+        out.append(cache[i])
+    return np.stack(out)
+
+
+def load_features(path: str | Path) -> np.ndarray:
+    """Load a ``[T, C]`` feature array from a ``.npy`` file (as ``float32``)."""
+    arr = np.load(Path(path))
+    if arr.ndim != 2:
+        raise ValueError(
+            f"feature file {str(path)!r} has shape {arr.shape}; expected [T, C] (2-D). "
+            "Transpose [C, T] arrays before saving."
+        )
+    return np.asarray(arr, dtype=np.float32)
