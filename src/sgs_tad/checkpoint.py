@@ -1,0 +1,342 @@
+"""Atomic, verified training checkpoints and the random states a bit-identical resume needs.
+
+A checkpoint is written to a temporary file in the same directory, flushed to disk
+(``fsync``) and renamed over its final name, so a crash or a SIGKILL mid-write never leaves a
+half-written file under a checkpoint's name. A SHA-256 sidecar (``<name>.sha256``) is written
+first; loading checks it, so a file truncated or damaged later (a full disk, a copy that
+stopped) is refused with a message and :meth:`CheckpointManager.load_latest` falls back to the
+previous checkpoint. Loading always uses ``torch.load(weights_only=True)``: a checkpoint can
+hold tensors, numbers, strings and containers of them, never arbitrary pickled objects.
+
+Example:
+    >>> import tempfile, torch
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     manager = CheckpointManager(d, keep_last=2)
+    ...     for step in (1, 2, 3):
+    ...         _ = manager.save({"step": step, "w": torch.zeros(2)}, step=step)
+    ...     state, path = manager.load_latest()
+    ...     [p.name for p in manager.checkpoints()], state["step"]
+    (['checkpoint-000000002.pt', 'checkpoint-000000003.pt'], 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "atomic_save",
+    "capture_rng_state",
+    "describe_shape_mismatch",
+    "load_checkpoint",
+    "model_fingerprint",
+    "parameter_shapes",
+    "restore_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+_CHUNK = 1 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or not an sgs_tad checkpoint."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk too. Some file
+    # systems (and Windows) refuse to open a directory; then there is nothing more to do.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Save ``obj`` with :func:`torch.save` atomically, with a SHA-256 sidecar.
+
+    Args:
+        obj: what to save; it must be loadable with ``weights_only=True`` (tensors, numbers,
+            strings, ``None`` and dicts/lists/tuples of them).
+        path: the final file name.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Save into a temporary file first so the digest is that of the bytes on disk, then
+    # publish the sidecar before the checkpoint: a checkpoint visible under its final name
+    # always has its digest beside it.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = _sha256(tmp)
+        sidecar = path.with_name(path.name + ".sha256")
+        _write_atomic(sidecar, lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`atomic_save`, checking its digest.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The saved dict, with every tensor on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, its digest does not match (truncated or
+            damaged), or ``torch.load(weights_only=True)`` refuses it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        actual = _sha256(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is truncated or corrupt: its SHA-256 is {actual[:12]}…"
+                f" but {sidecar.name} records {expected[:12] or '(empty)'}…. Delete it to resume"
+                " from the previous checkpoint, or restore it from a backup."
+            )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged zip/pickle
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be loaded with torch.load(weights_only=True)"
+            f" ({type(exc).__name__}: {exc}). It is truncated, corrupt, or holds objects that"
+            " are not plain tensors and containers; delete it to use the previous one."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict."
+        )
+    return obj
+
+
+class CheckpointManager:
+    """Numbered checkpoints ``checkpoint-<step>.pt`` in one directory, keeping the last k.
+
+    Args:
+        directory: where checkpoints are written (created on first save).
+        keep_last: how many checkpoints to keep; older ones are deleted after each save.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep_last: int = 3) -> None:
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(
+                f"keep_last must be a positive int; got {keep_last!r}. Use 1 to keep only the"
+                " newest checkpoint."
+            )
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    def path_for(self, step: int) -> Path:
+        """The file name used for the checkpoint at optimizer step ``step``."""
+        return self.directory / f"checkpoint-{step:09d}.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """Existing checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [
+            (int(m.group(1)), p)
+            for p in self.directory.iterdir()
+            if (m := _NAME.match(p.name)) is not None
+        ]
+        return [p for _, p in sorted(found)]
+
+    def save(self, state: Mapping[str, Any], *, step: int) -> Path:
+        """Write ``state`` atomically as the checkpoint of ``step`` and prune old ones."""
+        path = atomic_save(dict(state), self.path_for(step))
+        for old in self.checkpoints()[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def load_latest(self) -> tuple[dict[str, Any], Path] | None:
+        """Load the newest checkpoint that is intact.
+
+        A truncated or corrupt checkpoint is refused with a warning naming it, and the one
+        before it is tried.
+
+        Returns:
+            ``(state, path)``, or ``None`` when the directory holds no checkpoint.
+
+        Raises:
+            CheckpointError: checkpoints exist but none of them can be loaded.
+        """
+        candidates = self.checkpoints()
+        errors = []
+        for path in reversed(candidates):
+            try:
+                return load_checkpoint(path), path
+            except CheckpointError as exc:
+                logger.warning("%s Trying the previous checkpoint.", exc)
+                errors.append(str(exc))
+        if errors:
+            raise CheckpointError(
+                f"none of the {len(errors)} checkpoints in {str(self.directory)!r} can be"
+                " loaded:\n  " + "\n  ".join(errors)
+            )
+        return None
+
+
+# --------------------------------------------------------------------------- random states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global random states a resume must restore, in a ``weights_only``-safe form.
+
+    Returns:
+        ``{"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}, "python": tuple}``.
+        CUDA states are captured only when CUDA is initialised (capturing would otherwise
+        create a CUDA context).
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    cuda: list[torch.Tensor] = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = list(torch.cuda.get_rng_state_all())
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` captured (CUDA states only if CUDA is here)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            logger.warning(
+                "the checkpoint holds %d CUDA RNG states but %d devices are visible; CUDA"
+                " random streams are not restored.",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+        else:
+            torch.cuda.set_rng_state_all(cuda)
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def parameter_shapes(modules: Mapping[str, torch.nn.Module]) -> dict[str, list[int]]:
+    """``{"<module>.<name>": shape}`` for every entry of each module's ``state_dict``."""
+    shapes: dict[str, list[int]] = {}
+    for prefix, module in modules.items():
+        for name, value in module.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                shapes[f"{prefix}.{name}"] = list(value.shape)
+    return shapes
+
+
+def model_fingerprint(modules: Mapping[str, torch.nn.Module]) -> str:
+    """A short digest of the state-dict names, shapes and dtypes of ``modules``.
+
+    Two models with the same architecture have the same fingerprint whatever their weights;
+    a resume directory written for another model is refused by comparing fingerprints.
+    """
+    digest = hashlib.sha256()
+    for prefix, module in modules.items():
+        for name, value in module.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                digest.update(f"{prefix}.{name}:{tuple(value.shape)}:{value.dtype}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def describe_shape_mismatch(
+    saved: Mapping[str, Iterable[int]], current: Mapping[str, Iterable[int]], *, limit: int = 5
+) -> str:
+    """A few lines saying which entries differ between two :func:`parameter_shapes` maps."""
+    saved_l = {k: list(v) for k, v in saved.items()}
+    current_l = {k: list(v) for k, v in current.items()}
+    lines = []
+    missing = [k for k in saved_l if k not in current_l]
+    extra = [k for k in current_l if k not in saved_l]
+    changed = [k for k in saved_l if k in current_l and saved_l[k] != current_l[k]]
+    if missing:
+        lines.append(f"in the checkpoint only: {', '.join(missing[:limit])}")
+    if extra:
+        lines.append(f"in the current model only: {', '.join(extra[:limit])}")
+    for k in changed[:limit]:
+        lines.append(f"{k}: checkpoint {saved_l[k]} vs model {current_l[k]}")
+    return "; ".join(lines) or "same names and shapes, different dtypes"

@@ -1,0 +1,226 @@
+"""Training metrics: JSONL and TensorBoard writers, a progress bar, per-phase timing/memory.
+
+Nothing here writes a file or a terminal line unless the trainer was asked to: the
+:class:`MetricsWriter` writes only to the directory it is given, and the
+:class:`ProgressBar` draws only when enabled. TensorBoard (``pip install
+'sgs_tad[tensorboard]'``) and tqdm (``pip install 'sgs_tad[progress]'``) are optional.
+
+Example:
+    >>> timer = PhaseTimer(torch.device("cpu"))
+    >>> with timer.phase("encode"):
+    ...     _ = torch.ones(8).sum()
+    >>> sorted(timer.summary()["encode"])
+    ['calls', 'peak_memory_bytes', 'seconds', 'share']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["MetricsWriter", "PhaseTimer", "ProgressBar", "format_bytes"]
+
+logger = logging.getLogger(__name__)
+
+
+def format_bytes(n: float | None) -> str:
+    """``1536`` -> ``'1.5 KiB'``; ``None`` (not measured) -> ``'-'``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them readable
+    return value
+
+
+class MetricsWriter:
+    """Append metrics records to ``<directory>/metrics.jsonl`` and optionally TensorBoard.
+
+    Args:
+        directory: where ``metrics.jsonl`` (and TensorBoard event files) go; ``None``
+            disables writing (records are still logged at DEBUG level).
+        tensorboard: also write every numeric value as a TensorBoard scalar.
+        enabled: ``False`` on non-zero ranks so only one process writes.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike | None = None,
+        *,
+        tensorboard: bool = False,
+        enabled: bool = True,
+    ) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.enabled = enabled and self.directory is not None
+        self._file: Any | None = None
+        self._tb: Any | None = None
+        if tensorboard and self.directory is None:
+            raise ValueError("tensorboard=True needs a log directory; pass log_dir=... as well.")
+        if self.enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # tensorboard itself is missing
+                raise ImportError(
+                    "tensorboard=True needs the tensorboard package: "
+                    "pip install 'sgs_tad[tensorboard]'"
+                ) from exc
+            assert self.directory is not None
+            self._tb = SummaryWriter(log_dir=str(self.directory / "tensorboard"))
+
+    def write(self, record: Mapping[str, Any], *, step: int) -> None:
+        """Write one record (a flat mapping of names to numbers or strings) at ``step``."""
+        clean = {"step": step, **{k: _jsonable(v) for k, v in record.items()}}
+        logger.debug("metrics %s", clean)
+        if not self.enabled:
+            return
+        if self._file is None:
+            assert self.directory is not None
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Kept open across writes (closed in close()); a with-block per record would
+            # reopen the file at every step.
+            self._file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in clean.items():
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
+                    self._tb.add_scalar(key, value, global_step=step)
+
+    def close(self) -> None:
+        """Close the files (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class PhaseTimer:
+    """Wall time and peak memory per named phase (``encode``, ``detector``, ``update``, ...).
+
+    On CUDA the device is synchronised at the phase boundaries (so the time is the phase's,
+    not the time to enqueue its kernels) and the peak allocated memory is measured per phase
+    with :func:`torch.cuda.reset_peak_memory_stats`. On the CPU peak memory is not measured.
+
+    Args:
+        device: the training device.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._seconds: dict[str, float] = {}
+        self._calls: dict[str, int] = {}
+        self._peak: dict[str, int | None] = {}
+
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.is_available()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the enclosed block as phase ``name``."""
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            peak: int | None = None
+            if self._cuda:
+                torch.cuda.synchronize(self.device)
+                peak = int(torch.cuda.max_memory_allocated(self.device))
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
+            self._calls[name] = self._calls.get(name, 0) + 1
+            previous = self._peak.get(name)
+            self._peak[name] = peak if previous is None else max(previous, peak or 0)
+
+    def peak_memory(self) -> int | None:
+        """Highest peak over all phases so far (``None`` on the CPU)."""
+        peaks = [p for p in self._peak.values() if p is not None]
+        return max(peaks) if peaks else None
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """``{phase: {"seconds", "share", "calls", "peak_memory_bytes"}}``."""
+        total = sum(self._seconds.values()) or 1.0
+        return {
+            name: {
+                "seconds": seconds,
+                "share": seconds / total,
+                "calls": self._calls[name],
+                "peak_memory_bytes": self._peak.get(name),
+            }
+            for name, seconds in self._seconds.items()
+        }
+
+    def format_summary(self) -> str:
+        """The summary as a small text table."""
+        lines = [f"{'phase':<12}{'seconds':>10}{'share':>8}{'calls':>8}{'peak memory':>14}"]
+        for name, row in self.summary().items():
+            lines.append(
+                f"{name:<12}{row['seconds']:>10.2f}{row['share']:>8.1%}{row['calls']:>8d}"
+                f"{format_bytes(row['peak_memory_bytes']):>14}"
+            )
+        return "\n".join(lines)
+
+
+class ProgressBar:
+    """A tqdm bar when tqdm is installed and ``enabled``; otherwise nothing is drawn.
+
+    Args:
+        total: number of updates expected (``None`` if unknown).
+        desc: label shown before the bar.
+        enabled: draw at all (the trainer enables it on rank 0 when ``progress=True``).
+    """
+
+    def __init__(self, total: int | None, *, desc: str = "", enabled: bool = True) -> None:
+        self._bar: Any | None = None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            logger.warning(
+                "progress=True but tqdm is not installed (pip install 'sgs_tad[progress]');"
+                " training continues without a progress bar."
+            )
+            return
+        self._bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """Advance by ``n`` and show ``postfix`` values next to the bar."""
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        """Remove the bar (idempotent)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
