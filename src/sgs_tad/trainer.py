@@ -680,7 +680,12 @@ class SGSTrainer:
                 record = self._optimizer_step()
                 self.epoch_iteration = window_start = seen
                 self._after_step(record, bar)
-                if self._stop_agreed or (max_steps is not None and self.step >= max_steps):
+                local_stop = self.world_size == 1 and self._stop_requested
+                if (
+                    self._stop_agreed
+                    or local_stop
+                    or (max_steps is not None and self.step >= max_steps)
+                ):
                     self.stopped = True
                     self._save()
                     return
