@@ -32,6 +32,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -613,7 +614,11 @@ class SGSTrainer:
                 self.epoch += 1
                 self.epoch_iteration = 0
                 if self.scheduler is not None and self.scheduler_interval == "epoch":
-                    self.scheduler.step()
+                    with warnings.catch_warnings():
+                        # After a resume at an epoch's last batch no optimizer.step() ran in
+                        # this process yet; torch's order warning does not apply.
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_sched")
+                        self.scheduler.step()
                 self._save()
         finally:
             for sig, old in previous_handlers.items():
