@@ -250,9 +250,7 @@ def _apply(
     ignored: list[str] = []
     for key, value in state_dict.items():
         new = convert(_strip(key, _WRAPPERS))
-        if new.split(".")[0] in _HEADS or (
-            new.endswith("num_batches_tracked") and new not in own
-        ):
+        if new.split(".")[0] in _HEADS or (new.endswith("num_batches_tracked") and new not in own):
             ignored.append(key)
             continue
         out[new] = value

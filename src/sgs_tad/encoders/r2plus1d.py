@@ -137,5 +137,6 @@ class R2Plus1D34(VideoEncoder):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         y = self.stem(x)
-        y = self.layer4(self.layer3(self.layer2(self.layer1(y))))
+        for name in self.stage_names:
+            y = getattr(self, name)(y)
         return y.mean(dim=(2, 3, 4))
