@@ -1,0 +1,140 @@
+"""SGSTrainer under torch.distributed: 2 gloo processes on the CPU, uneven snippet counts.
+
+Rank 0 gets the short videos and rank 1 the long ones, so the ranks run different numbers
+of phase-3 micro-batches (which would hang DDP's per-backward reduction), and a detector
+branch that only long videos use leaves a parameter without gradient on rank 0. After k
+steps the parameters must equal a single-process run on the union of the data.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from sgs_tad.trainer import SGSTrainer
+
+pytestmark = pytest.mark.ddp
+
+LENGTHS = [3, 9, 4, 11]  # video i goes to rank i % 2 (DistributedSampler, no shuffle)
+TARGETS = [0.5, -1.0, 0.25, 2.0]
+EPOCHS = 2  # 2 steps per epoch with 2 ranks x 1 video (or 1 process x 2 videos)
+
+
+class Detector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 1)
+        self.long_branch = nn.Linear(8, 1)  # used only by videos longer than 8 snippets
+
+    def video_score(self, feats: torch.Tensor) -> torch.Tensor:  # [N_i, C] -> scalar
+        score = self.head(feats).mean()
+        if feats.shape[0] > 8:
+            score = score + self.long_branch(feats).mean()
+        return score
+
+
+def make_models(seed: int) -> tuple[nn.Module, Detector]:
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh())
+    return encoder, Detector()
+
+
+def make_data() -> list:
+    g = torch.Generator().manual_seed(0)
+    return [
+        {"snippets": torch.randn(n, 2, 3, generator=g), "target": torch.tensor(t)}
+        for n, t in zip(LENGTHS, TARGETS)
+    ]
+
+
+def make_trainer(encoder: nn.Module, detector: Detector, **kwargs) -> SGSTrainer:
+    box: list = []
+
+    def step(feats, batch):
+        # The loss is the mean over the local batch: averaging over ranks with equal local
+        # batch sizes is then the mean over the global batch.
+        lengths = box[0].sgs.lengths(feats)
+        scores = torch.stack([detector.video_score(feats[i, :n]) for i, n in enumerate(lengths)])
+        return (scores - torch.stack(batch["target"])).square().mean()
+
+    trainer = SGSTrainer(
+        encoder,
+        detector,
+        detector_step=step,
+        ratio=1.0,
+        micro_batch_size=2,
+        encoder_lr=1e-2,
+        detector_lr=1e-2,
+        lr_milestones=(1,),
+        **kwargs,
+    )
+    box.append(trainer)
+    return trainer
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        # Different initial weights per rank: the trainer must broadcast rank 0's.
+        encoder, detector = make_models(seed=rank)
+        trainer = make_trainer(encoder, detector, checkpoint_dir=os.path.join(out_dir, "ckpt"))
+        trainer.fit(make_data(), epochs=EPOCHS, batch_size=1, shuffle=False)
+        params = {
+            n: p.detach() for n, p in [*encoder.named_parameters(), *detector.named_parameters()]
+        }
+        torch.save(
+            {"params": params, "step": trainer.step}, os.path.join(out_dir, f"rank{rank}.pt")
+        )
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_a_single_process_reference(tmp_path):
+    ctx = mp.spawn(
+        _worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        join=False,
+    )
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the 2-rank run did not finish in 120 s (a collective hang?)")
+
+    encoder, detector = make_models(seed=0)
+    reference = make_trainer(encoder, detector)
+    reference.fit(make_data(), epochs=EPOCHS, batch_size=2, shuffle=False)
+    expected = {
+        n: p.detach() for n, p in [*encoder.named_parameters(), *detector.named_parameters()]
+    }
+
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert results[0]["step"] == results[1]["step"] == reference.step == 2 * EPOCHS
+    for name, value in expected.items():
+        torch.testing.assert_close(results[0]["params"][name], value, msg=name)
+        assert torch.equal(results[0]["params"][name], results[1]["params"][name]), name
+    # The long-only branch did train (its gradient came from rank 1 alone).
+    assert not torch.equal(expected["long_branch.weight"], make_models(0)[1].long_branch.weight)
+
+    from sgs_tad.checkpoint import CheckpointManager
+
+    state, _ = CheckpointManager(tmp_path / "ckpt").load_latest()
+    assert state["world_size"] == 2 and len(state["per_rank"]) == 2
+    assert not torch.equal(
+        state["per_rank"][0]["sgs"]["generator"], state["per_rank"][1]["sgs"]["generator"]
+    )
