@@ -70,10 +70,11 @@ NO_GRAD_FEATURES_MESSAGE = (
     "the detector's backward left no gradient on the encoder features (feats.grad is None),"
     " so the encoder would silently never train. The detector step cut the graph between the"
     " features and the loss: a .detach()/.data, a numpy round trip, or padding/batching under"
-    " torch.no_grad. ActionFormer does the latter: its PtTransformer.preprocessing is decorated"
-    " with @torch.no_grad(), so wrap the model with a grad-enabled preprocessing (see"
-    " examples/actionformer_e2e.py and docs/guide.md). If a frozen encoder is intended, pass"
-    " ratio=0."
+    " torch.no_grad. ActionFormer does the latter: its PtTransformer.preprocessing pads the"
+    " batch under @torch.no_grad(); replace it on your model by an out-of-place padding that"
+    " keeps the graph (examples/actionformer_e2e.py, docs/guide.md; sgs_tad.adapters."
+    "enable_grad suffices for detectors whose no_grad method works out of place). If a frozen"
+    " encoder is intended, pass ratio=0."
 )
 
 
