@@ -1,0 +1,13 @@
+"""ETAD, the paper's reference action detector, in plain PyTorch.
+
+``ETAD(ETADConfig())`` builds the detector of the paper (``ETADConfig.small()`` a reduced one);
+``model(features [B, C, T], gt_segments)`` returns its training losses with Action Proposal
+Sampling, ``model.predict(features)`` one :class:`ETADPrediction` per video. See
+``docs/etad.md``.
+"""
+
+from .config import ETADConfig
+from .model import ETAD, ETADPrediction
+from .roi import roi_interpolate
+
+__all__ = ["ETAD", "ETADConfig", "ETADPrediction", "roi_interpolate"]
