@@ -35,6 +35,8 @@ JsonSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 
 _AGNOSTIC_LABEL = "action"
 _MAX_LISTED = 5
+_PLAIN_NUMBERS = (float, int)
+_PLAIN_COORDINATES = (float, int, np.float64, np.float32, np.int64, np.int32)
 
 
 class EvaluationWarning(UserWarning):
@@ -228,11 +230,12 @@ def parse_predictions(
     classes = {name: i for i, name in enumerate(ground_truth.labels)}
     video_idx: list[int] = []
     label_idx: list[int] = []
-    segments: list[tuple[float, float]] = []
+    starts: list[float | int] = []
+    ends: list[float | int] = []
     scores: list[float | int] = []
+    origin: list[tuple[str, int]] = []
     unknown: dict[str, int] = {}
     outside: set[str] = set()
-    n_outside = 0
     for video_id, dets in results.items():
         if video_id in blocked_videos:
             continue
@@ -243,21 +246,53 @@ def parse_predictions(
             )
         vidx = ground_truth.videos.get(str(video_id), -1)
         for i, det in enumerate(dets):
-            where = f"prediction {video_id!r}[{i}]"
-            _check_keys(det, ("segment", "label", "score"), where)
-            name = _AGNOSTIC_LABEL if class_agnostic else str(det["label"])
-            seg = _segment(det["segment"], where)
-            score = _score(det["score"], where)
-            if name not in classes:
+            # Fast path for what json.load produces (a million predictions is common);
+            # finiteness and start <= end are checked on the arrays below.
+            seg = det.get("segment") if type(det) is dict else None
+            score = det.get("score") if type(det) is dict else None
+            name = det.get("label") if type(det) is dict else None
+            if not (
+                type(seg) is list
+                and len(seg) == 2
+                and type(seg[0]) in _PLAIN_COORDINATES
+                and type(seg[1]) in _PLAIN_COORDINATES
+                and type(score) in _PLAIN_NUMBERS
+                and type(name) is str
+            ):
+                where = f"prediction {video_id!r}[{i}]"
+                _check_keys(det, ("segment", "label", "score"), where)
+                seg = _segment(det["segment"], where)
+                score = _score(det["score"], where)
+                name = str(det["label"])
+            if class_agnostic:
+                name = _AGNOSTIC_LABEL
+            label = classes.get(name, -1)
+            if label < 0:
                 unknown[name] = unknown.get(name, 0) + 1
-                continue
-            if vidx < 0:
+            elif vidx < 0:
                 outside.add(str(video_id))
-                n_outside += 1
             video_idx.append(vidx)
-            label_idx.append(classes[name])
-            segments.append(seg)
-            scores.append(score)
+            label_idx.append(label)
+            starts.append(seg[0])
+            ends.append(seg[1])
+            scores.append(score)  # type: ignore[arg-type]
+            origin.append((video_id, i))
+    segments = np.stack(
+        [np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)], axis=1
+    )
+    # No dtype: all-integer scores stay int64 like the official code's pandas column.
+    score_array = np.asarray(scores) if scores else np.zeros(0, dtype=np.float64)
+    if score_array.dtype.kind not in "if":
+        raise ValueError("prediction scores must be numbers that fit in 64 bits")
+    bad = ~(np.isfinite(segments).all(axis=1) & (segments[:, 0] <= segments[:, 1]))
+    bad |= ~np.isfinite(score_array)
+    if bad.any():
+        video_id, i = origin[int(np.argmax(bad))]
+        where = f"prediction {video_id!r}[{i}]"
+        _segment(results[video_id][i]["segment"], where)
+        _score(results[video_id][i]["score"], where)
+    known = np.asarray(label_idx, dtype=np.int64) >= 0
+    n_outside = int(np.count_nonzero(known & (np.asarray(video_idx, dtype=np.int64) < 0)))
     if unknown:
         names = sorted(unknown, key=lambda k: -unknown[k])[:_MAX_LISTED]
         warnings.warn(
@@ -286,11 +321,10 @@ def parse_predictions(
             stacklevel=3,
         )
     return Predictions(
-        video=np.asarray(video_idx, dtype=np.int64),
-        label=np.asarray(label_idx, dtype=np.int64),
-        segments=np.asarray(segments, dtype=np.float64).reshape(-1, 2),
-        # No dtype: all-integer scores stay int64 like the official code's pandas column.
-        scores=np.asarray(scores) if scores else np.zeros(0, dtype=np.float64),
+        video=np.asarray(video_idx, dtype=np.int64)[known],
+        label=np.asarray(label_idx, dtype=np.int64)[known],
+        segments=segments[known],
+        scores=score_array[known],
     )
 
 
