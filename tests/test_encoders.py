@@ -3,6 +3,8 @@ widths, loading checkpoints written in each public key layout, and the paper's f
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -477,3 +479,10 @@ def test_build_encoder_errors() -> None:
         build_encoder("small3d", depth=3)
     with pytest.raises(TypeError, match="freeze_encoder expects an encoder"):
         freeze_encoder(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("module", ["", ".small3d", ".tsm", ".r2plus1d", ".checkpoints"])
+def test_docstring_examples_run(module: str) -> None:
+    mod = importlib.import_module("sgs_tad.encoders" + module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
