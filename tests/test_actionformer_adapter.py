@@ -189,3 +189,22 @@ def test_video_list_layout_and_lengths():
         video_list_step(lambda vl: None, layout="NCT")
     with pytest.raises(ValueError, match="2 videos but the features have B = 3"):
         step(torch.randn(3, 7, C), {"snippets": [torch.zeros(4, 1), torch.zeros(7, 1)]})
+
+
+@pytest.mark.slow
+def test_the_actionformer_example_runs_against_the_real_code():
+    """Runs only where ActionFormer's repository is on PYTHONPATH (its ``libs`` package)."""
+    pytest.importorskip("libs.modeling", reason="ActionFormer's repository is not on PYTHONPATH")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "actionformer_e2e.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--epochs", "1", "--videos", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained 1 steps" in result.stdout
