@@ -32,21 +32,29 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import Sampler
+from .fps import FPSSampler, farthest_point_sampling
 from .heuristic import BlockSampler, GridSampler, RandomSampler
+from .kdpp import KDPPSampler, sample_kdpp
 
 __all__ = [
     "BlockSampler",
+    "FPSSampler",
     "GridSampler",
+    "KDPPSampler",
     "RandomSampler",
     "Sampler",
     "available_samplers",
+    "farthest_point_sampling",
     "make_sampler",
+    "sample_kdpp",
 ]
 
 _REGISTRY: dict[str, Callable[..., Sampler]] = {
     "random": RandomSampler,
     "grid": GridSampler,
     "block": BlockSampler,
+    "fps": FPSSampler,
+    "kdpp": KDPPSampler,
 }
 
 
