@@ -8,7 +8,7 @@ import importlib
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -19,6 +19,7 @@ from sgs_tad.encoders import (
     R2Plus1D34,
     Small3DCNN,
     TSMResNet50,
+    VideoEncoder,
     build_encoder,
     freeze_encoder,
     load_pretrained,
@@ -29,10 +30,11 @@ from sgs_tad.encoders.checkpoints import convert_state_dict
 from sgs_tad.encoders.r2plus1d import midplanes
 from sgs_tad.norm import FrozenBatchNorm, training_batchnorms
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 SMALL_INPUT = (3, 4, 32, 32)  # [3, L, H, W] of one snippet for the big models
 
 
-def _randomise(model: nn.Module, seed: int) -> nn.Module:
+def _randomise(model: ModuleT, seed: int) -> ModuleT:
     """Seeded weights and random BatchNorm statistics, so a load that skips a buffer is caught."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -55,12 +57,12 @@ def _snippets(m: int, seed: int = 0, shape: tuple[int, ...] = SMALL_INPUT) -> to
 
 @pytest.fixture(scope="module")
 def tsm() -> TSMResNet50:
-    return _randomise(TSMResNet50(), 1)  # type: ignore[return-value]
+    return _randomise(TSMResNet50(), 1)
 
 
 @pytest.fixture(scope="module")
 def r2p1d() -> R2Plus1D34:
-    return _randomise(R2Plus1D34(), 2)  # type: ignore[return-value]
+    return _randomise(R2Plus1D34(), 2)
 
 
 # --------------------------------------------------------------------------- shapes, snippets
@@ -486,3 +488,33 @@ def test_docstring_examples_run(module: str) -> None:
     mod = importlib.import_module("sgs_tad.encoders" + module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["small3d", "tsm_r50"])
+def test_sgs_at_ratio_one_gives_the_end_to_end_gradient(name: str) -> None:
+    """The encoders are what SGS needs: per-snippet, deterministic, frozen BN where there is BN."""
+    from sgs_tad.sgs import SequentializedGradientSampler
+
+    if name == "small3d":
+        enc: VideoEncoder = Small3DCNN(widths=(8, 16, 32)).train()  # GroupNorm: no freezing
+        shape: tuple[int, ...] = (3, 4, 16, 16)
+    else:
+        enc = freeze_encoder(_randomise(TSMResNet50(), 3), frozen_stages=3).train()
+        shape = (3, 2, 16, 16)
+    snippets = _snippets(6, seed=8, shape=shape).unsqueeze(0)  # [B=1, N=6, 3, L, H, W]
+    weights = torch.randn(6, enc.out_channels, generator=torch.Generator().manual_seed(9))
+
+    def loss_fn(feats: torch.Tensor) -> torch.Tensor:
+        return (feats[0] * weights).sum()
+
+    loss_fn(enc(snippets[0]).unsqueeze(0)).backward()
+    plain = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    enc.zero_grad(set_to_none=True)
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=4, ratio=1.0)
+    sgs.step(snippets, loss_fn)
+    trainable = [n for n, p in enc.named_parameters() if p.requires_grad]
+    assert sorted(plain) == sorted(trainable)
+    for n, p in enc.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, n
+            torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-5, msg=n)
