@@ -90,11 +90,22 @@ class ETADConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = (
-            "in_channels temporal_scale max_duration channels lstm_hidden branch_channels "
-            "conv_groups norm_groups roi_channels extended_bins boundary_bins mid_dim fc_dim "
-            "inference_chunk"
-        ).split()
+        positive = [
+            "in_channels",
+            "temporal_scale",
+            "max_duration",
+            "channels",
+            "lstm_hidden",
+            "branch_channels",
+            "conv_groups",
+            "norm_groups",
+            "roi_channels",
+            "extended_bins",
+            "boundary_bins",
+            "mid_dim",
+            "fc_dim",
+            "inference_chunk",
+        ]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -61,7 +61,9 @@ def balanced_bce(logits: Tensor, labels: Tensor, *, threshold: float = 0.5) -> T
         Scalar loss.
     """
     logits, positive = logits.reshape(-1), labels.reshape(-1) > threshold
-    pos_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+    pos_loss = F.binary_cross_entropy_with_logits(
+        logits, torch.ones_like(logits), reduction="none"
+    )
     neg_loss = F.binary_cross_entropy_with_logits(
         logits, torch.zeros_like(logits), reduction="none"
     )
@@ -76,9 +78,7 @@ def balanced_bce(logits: Tensor, labels: Tensor, *, threshold: float = 0.5) -> T
     return 0.5 * (pos_mean + neg_mean)
 
 
-def sampled_bce(
-    logits: Tensor, positive: Tensor, *, generator: torch.Generator
-) -> Tensor:
+def sampled_bce(logits: Tensor, positive: Tensor, *, generator: torch.Generator) -> Tensor:
     """Cross entropy on all positives and as many randomly chosen negatives.
 
     Args:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +93,9 @@ class ETAD(nn.Module):
         self.proposal_map = ProposalMap(cfg.temporal_scale, cfg.max_duration)
         self._generator: torch.Generator | None = None
         self.reset_parameters()
+
+    def _stage_list(self) -> list[ProposalEvaluation]:
+        return [cast(ProposalEvaluation, stage) for stage in self.stages]
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weights and zero biases for convolutions and linear layers."""
@@ -195,11 +199,13 @@ class ETAD(nn.Module):
         gt_pad, gt_valid = _pad(gts)
         out: dict[str, Tensor] = {"boundary": loss_boundary.detach()}
         total = loss_boundary
-        for i, (stage, stage_thr) in enumerate(zip(self.stages, cfg.stage_iou_thresholds), 1):
+        for i, (stage, stage_thr) in enumerate(
+            zip(self._stage_list(), cfg.stage_iou_thresholds), 1
+        ):
             pred = stage.evaluate(stage.features(x), segments, owner)
             matched, iou = _match(segments, owner, gt_pad, gt_valid)
-            s_idx = _snippet_index(segments[:, 0], t, side="start")
-            e_idx = _snippet_index(segments[:, 1], t, side="end")
+            s_idx = _snippet_index(segments[:, 0], t)
+            e_idx = _snippet_index(segments[:, 1], t)
             l_bdp = balanced_bce(
                 pred.boundary_logits[:, 0], start_labels[owner, s_idx], threshold=thr
             ) + balanced_bce(pred.boundary_logits[:, 1], end_labels[owner, e_idx], threshold=thr)
@@ -236,7 +242,7 @@ class ETAD(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict(
-        self, features: Tensor, *, aps_ratio: float | None | str = "config"
+        self, features: Tensor, *, aps_ratio: float | str | None = "config"
     ) -> list[ETADPrediction]:
         """Proposals, boundary probabilities and IoU scores for every video.
 
@@ -265,7 +271,7 @@ class ETAD(nn.Module):
 
         x = self.enhance(features)
         probs = self.boundary(x).sigmoid()  # [B, 2, T]
-        stage_feats = [stage.features(x) for stage in self.stages]
+        stage_feats = [stage.features(x) for stage in self._stage_list()]
         all_segments = proposals.repeat(b, 1)  # [B*P, 2]
         all_owner = torch.arange(b, device=features.device).repeat_interleave(p)
         refined, iou = [], []
@@ -274,7 +280,7 @@ class ETAD(nn.Module):
             owner = all_owner[lo : lo + cfg.inference_chunk]
             box_sum = torch.zeros_like(segments)
             iou_sum = segments.new_zeros(segments.shape[0], 2)
-            for stage, feats in zip(self.stages, stage_feats):
+            for stage, feats in zip(self._stage_list(), stage_feats):
                 pred = stage.evaluate(feats, segments, owner)
                 boxes = decode_offsets(segments, pred.offsets)
                 box_sum += boxes
@@ -328,9 +334,6 @@ def _batched_iou(segments: Tensor, gts: Tensor) -> Tensor:
     return segment_iou(segments.unsqueeze(1), gts).squeeze(1)
 
 
-def _snippet_index(points: Tensor, temporal_scale: int, *, side: str) -> Tensor:
-    """Snippet of a proposal's start (its first snippet) or end (its last snippet)."""
-    scaled = points * temporal_scale
-    # the 1e-4 keeps a boundary exactly on a snippet edge (s/T, (e+1)/T) inside the proposal
-    index = (scaled + 1e-4).floor() if side == "start" else (scaled - 1e-4).ceil() - 1
-    return index.long().clamp(0, temporal_scale - 1)
+def _snippet_index(points: Tensor, temporal_scale: int) -> Tensor:
+    """Snippet ``floor(x * T)`` (clipped) of normalised times, as ``sgs_tad.postprocess``."""
+    return (points * temporal_scale).floor().long().clamp(0, temporal_scale - 1)

@@ -83,7 +83,7 @@ class BoundaryHead(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, T]`` -> logits ``[B, 2, T]`` (start, end); apply a sigmoid for probabilities."""
+        """``[B, C, T]`` -> logits ``[B, 2, T]`` (start, end); a sigmoid gives probabilities."""
         return self.layers(x)
 
 

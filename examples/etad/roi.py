@@ -148,6 +148,11 @@ def roi_interpolate(
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
     b, c, t = features.shape
     r = segments.shape[0]
+    if r and (int(batch_index.min()) < 0 or int(batch_index.max()) >= b):
+        raise ValueError(
+            f"batch_index must lie in [0, B={b}), got values in "
+            f"[{int(batch_index.min())}, {int(batch_index.max())}]"
+        )
     with torch.no_grad():
         weights = interpolation_weights(segments.to(features.dtype), num_bins, t)
         owner = batch_index.to(torch.long)
