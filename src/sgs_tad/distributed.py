@@ -142,6 +142,13 @@ class GradientReducer:
             idxs.append(i)
             open_buckets[key] = (idxs, size + p.numel() * p.element_size())
         self._buckets.extend(idxs for idxs, _ in open_buckets.values() if idxs)
+        # The flags (loss sums among them) ride in the first fp32/fp64 bucket; with only
+        # half-precision parameters they get a small collective of their own.
+        wide = (torch.float32, torch.float64)
+        self._flags_bucket: int | None = next(
+            (b for b, idxs in enumerate(self._buckets) if self.parameters[idxs[0]].dtype in wide),
+            None,
+        )
 
     @torch.no_grad()
     def reduce(self, flags: Sequence[float] = ()) -> list[float]:
@@ -157,10 +164,9 @@ class GradientReducer:
             return [float(f) for f in flags]
         world = dist.get_world_size()
         summed: torch.Tensor | None = None
-        if not self._buckets:
-            buf = torch.tensor([float(f) for f in flags], device=self.flags_device)
-            dist.all_reduce(buf)
-            return buf.tolist()
+        if self._flags_bucket is None:
+            summed = torch.tensor([float(f) for f in flags], device=self.flags_device)
+            dist.all_reduce(summed)
         for b, idxs in enumerate(self._buckets):
             params = [self.parameters[i] for i in idxs]
             ref = params[0]
@@ -180,13 +186,13 @@ class GradientReducer:
                 [p.grad is not None for p in params], dtype=ref.dtype, device=ref.device
             )
             extra = [has_grad]
-            if b == 0:
+            if b == self._flags_bucket:
                 extra.append(torch.tensor([float(f) for f in flags], dtype=ref.dtype))
             buf = torch.cat([*parts, *(t.to(ref.device) for t in extra)])
             dist.all_reduce(buf)
             n_total = sum(p.numel() for p in params)
             counts = buf[n_total : n_total + len(params)].tolist()
-            if b == 0:
+            if b == self._flags_bucket:
                 summed = buf[n_total + len(params) :].clone()
             offset = 0
             for p, count in zip(params, counts):
@@ -199,7 +205,7 @@ class GradientReducer:
                     p.grad = grad.to(p.dtype)
                 else:
                     p.grad.copy_(grad)
-        assert summed is not None  # bucket 0 always exists here
+        assert summed is not None  # set by the flags bucket or the separate collective
         return summed.tolist()
 
 

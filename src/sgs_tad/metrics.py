@@ -75,39 +75,40 @@ class MetricsWriter:
         self._tb: Any | None = None
         if tensorboard and self.directory is None:
             raise ValueError("tensorboard=True needs a log directory; pass log_dir=... as well.")
-        if self.enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:  # tensorboard itself is missing
+        self._tensorboard = self.enabled and tensorboard
+        if self._tensorboard:
+            try:  # fail at construction, not at the first step, when the package is missing
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError as exc:
                 raise ImportError(
                     "tensorboard=True needs the tensorboard package: "
                     "pip install 'sgs_tad[tensorboard]'"
                 ) from exc
-            assert self.directory is not None
-            self._tb = SummaryWriter(log_dir=str(self.directory / "tensorboard"))
 
     def write(self, record: Mapping[str, Any], *, step: int) -> None:
         """Write one record (a flat mapping of names to numbers or strings) at ``step``."""
         clean = {"step": step, **{k: _jsonable(v) for k, v in record.items()}}
         logger.debug("metrics %s", clean)
-        if not self.enabled:
+        if not self.enabled or self.directory is None:
             return
         if self._file is None:
-            assert self.directory is not None
             self.directory.mkdir(parents=True, exist_ok=True)
             # Kept open across writes (closed in close()); a with-block per record would
             # reopen the file at every step.
             self._file = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        if self._tensorboard and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.directory / "tensorboard"))
         if self._tb is not None:
             for key, value in clean.items():
-                if (
-                    key != "step"
-                    and isinstance(value, (int, float))
-                    and not isinstance(value, bool)
-                ):
-                    self._tb.add_scalar(key, value, global_step=step)
+                values = value if isinstance(value, list) else [value]
+                for i, v in enumerate(values):
+                    if key != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        name = f"{key}/{i}" if isinstance(value, list) else key
+                        self._tb.add_scalar(name, v, global_step=step)
 
     def close(self) -> None:
         """Close the files (idempotent)."""

@@ -290,9 +290,12 @@ class SGSTrainer:
         self.max_grad_norm = max_grad_norm
         self.accumulation_steps = accumulation_steps
         self.amp = amp
-        self.scaler: torch.amp.GradScaler | None = (
-            torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
-        )
+        self.scaler: Any = None
+        if amp == "fp16":
+            if hasattr(torch.amp, "GradScaler"):
+                self.scaler = torch.amp.GradScaler(self.device.type)
+            else:  # torch < 2.3: CUDA only
+                self.scaler = torch.cuda.amp.GradScaler()
         self.nonfinite = nonfinite
         self.parameters = trainable_parameters(self.encoder, self.detector)
         self.reducer = dist_utils.GradientReducer(self.parameters, flags_device=self.device)
