@@ -339,7 +339,7 @@ def render_video(
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
 
     # Background: three coloured gratings panning together (a moving camera).
-    pan = rng.uniform(-0.4, 0.4, size=2) * (size / 48)
+    pan = rng.uniform(-0.25, 0.25, size=2) * (size / 48)
     base = rng.uniform(0.25, 0.55, size=3)
     frames = np.broadcast_to(base, (num_frames, size, size, 3)).copy()
     for _ in range(3):
@@ -349,17 +349,17 @@ def render_video(
         phase = (
             f[0] * xx[None] + f[1] * yy[None] - (f @ pan) * t[:, None, None] + rng.uniform(0, 6.3)
         )
-        gain = rng.uniform(0.03, 0.1, size=3)
+        gain = rng.uniform(0.015, 0.05, size=3)
         frames += np.sin(phase)[..., None] * gain
 
     # One colour and shape for both the actor and the distractor; only motion tells them apart.
     colour = rng.uniform(0.0, 1.0, size=3)
     colour[int(rng.integers(3))] = 1.0 if base.mean() < 0.4 else 0.0
     square = bool(rng.integers(2))
-    r0 = rng.uniform(0.08, 0.11) * s
+    r0 = rng.uniform(0.11, 0.14) * s
 
     # Distractor: constant velocity, bouncing off the borders, for the whole video.
-    speed = rng.uniform(0.3, 0.7) * (size / 48)
+    speed = rng.uniform(0.2, 0.5) * (size / 48)
     heading = rng.uniform(0, 2 * np.pi)
     dx = _reflect(rng.uniform(r0, s - r0) + speed * np.cos(heading) * t, r0, s - r0)
     dy = _reflect(rng.uniform(r0, s - r0) + speed * np.sin(heading) * t, r0, s - r0)
@@ -376,7 +376,7 @@ def render_video(
         instances.append((start, end, c))
         tau = np.arange(end - start, dtype=np.float64)
         period = rng.uniform(6, 11)
-        amp = rng.uniform(0.13, 0.18) * s
+        amp = rng.uniform(0.16, 0.21) * s
         # Ramp in/out over 2 frames so the shape does not jump at the boundaries.
         env = np.clip(np.minimum(tau + 1, end - start - tau) / 2.0, 0, 1)
         w = 2 * np.pi * tau / period

@@ -1,0 +1,155 @@
+"""Tests of sgs_tad.data.dataset: items, augmentation, errors, and no annotation mutation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("av")
+
+from sgs_tad.data import (
+    ActivityNetDataset,
+    collate_samples,
+    generate_synthetic_dataset,
+    load_annotations,
+    synthetic_video_dir,
+)
+from sgs_tad.data.synthetic import _encode
+from sgs_tad.sources import SnippetSource
+
+KW = dict(num_snippets=8, snippet_length=4, size=24)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return generate_synthetic_dataset(
+        root, num_videos=4, size=32, fps=12, min_duration=3.0, max_duration=4.0
+    )
+
+
+def test_item_fields_and_shapes(synth):
+    ds = ActivityNetDataset(synth, synthetic_video_dir(synth), subset="training", **KW)
+    ann = load_annotations(synth, subset="training")
+    assert len(ds) == len(ann) == 3
+    sample = ds[1]
+    video = ann.videos[1]
+    assert isinstance(sample.source, SnippetSource) and len(sample.source) == 8
+    assert sample.source.get_snippets(torch.tensor([0, 7])).shape == (2, 3, 4, 24, 24)
+    assert sample.video_id == video.video_id and sample.fps == 12.0
+    expected = torch.tensor(video.segments, dtype=torch.float32) / video.duration
+    assert torch.allclose(sample.segments, expected)
+    assert sample.labels.tolist() == list(video.label_ids)
+    assert sample.snippet_times.shape == (8,)
+    assert 0 < float(sample.snippet_times[0]) < float(sample.snippet_times[-1]) < video.duration
+    batch = collate_samples([ds[0], ds[1]])
+    assert batch.video_ids == [ds[0].video_id, sample.video_id]
+    assert batch.durations.shape == (2,)
+
+
+def test_getitem_never_mutates_annotations(synth):
+    ds = ActivityNetDataset(synth, synthetic_video_dir(synth), training=True, **KW)
+    before = repr(ds.videos)
+    first = ds[0]
+    first.segments.mul_(0.0)  # callers may edit what they get...
+    first.labels.fill_(-1)
+    for i in range(len(ds)):
+        ds[i]
+    assert repr(ds.videos) == before  # ...without touching the cached annotations
+    again = ds[0]
+    assert float(again.segments.max()) > 0 and int(again.labels.min()) >= 0
+
+
+def test_training_crop_is_fixed_per_video_and_epoch(synth):
+    kw = {**KW, "training": True, "crop_scale": (0.5, 0.9), "seed": 7}
+    ds = ActivityNetDataset(synth, synthetic_video_dir(synth), **kw)
+    a, b = ds[0].source, ds[0].source
+    assert a.crop == b.crop
+    idx = torch.tensor([2, 5])
+    assert torch.equal(a.get_snippets(idx), b.get_snippets(idx))
+    assert torch.equal(a.get_snippets(idx), a.get_snippets(idx))
+    crops = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        crops.add(ds[0].source.crop)
+    assert len(crops) > 1
+    test_ds = ActivityNetDataset(synth, synthetic_video_dir(synth), **KW)
+    assert test_ds[0].source.crop.height == 32  # centre crop of the whole frame
+
+
+def test_features_mode_resamples_to_t(synth, tmp_path):
+    ann = load_annotations(synth)
+    for k, v in enumerate(ann.videos):
+        feats = np.arange(20 * 6, dtype=np.float32).reshape(20, 6) + k
+        name = f"v_{v.video_id}.npy" if k % 2 else f"{v.video_id}.npy"
+        np.save(tmp_path / name, feats)
+    ds = ActivityNetDataset(synth, tmp_path, mode="features", num_snippets=10)
+    s = ds[0]
+    assert s.features is not None and s.features.shape == (10, 6)
+    assert torch.equal(s.source.get_snippets(torch.tensor([3])), s.features[3:4])
+    assert float(s.features[0, 0]) < float(s.features[-1, 0])
+    native = ActivityNetDataset(synth, tmp_path, mode="features", num_snippets=None)[1]
+    assert native.features is not None
+    assert torch.equal(native.features, torch.from_numpy(np.load(tmp_path / "v_synth_0001.npy")))
+    same = ActivityNetDataset(synth, tmp_path, mode="features", num_snippets=20)[1]
+    assert torch.equal(same.features, native.features)
+
+
+@pytest.fixture()
+def broken(synth, tmp_path):
+    """A copy of the set where video 0 is missing, video 1 has 2 frames, video 2 a new label."""
+    root = tmp_path / "videos"
+    shutil.copytree(synthetic_video_dir(synth), root)
+    data = json.loads(synth.read_text())
+    classes = load_annotations(synth).classes
+
+    def make(*, missing=False, short=False, label=False):
+        shutil.copy(synthetic_video_dir(synth) / "v_synth_0000.mp4", root)
+        shutil.copy(synthetic_video_dir(synth) / "v_synth_0001.mp4", root)
+        if missing:
+            (root / "v_synth_0000.mp4").unlink()
+        if short:
+            frames = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+            _encode(root / "v_synth_0001.mp4", frames, fps=12, codec="libx264")
+        rec = json.loads(json.dumps(data))
+        if label:
+            rec["database"]["synth_0002"]["annotations"][0]["label"] = "dance"
+        anno = tmp_path / "anno.json"
+        anno.write_text(json.dumps(rec))
+        return anno, root
+
+    return make, classes
+
+
+def test_each_problem_raises_a_clear_error(broken):
+    make, classes = broken
+    with pytest.raises(FileNotFoundError, match=r"synth_0000.*on_error='skip'"):
+        ActivityNetDataset(*make(missing=True), classes=classes, **KW)
+    with pytest.raises(ValueError, match=r"2 frames, shorter than one snippet"):
+        ActivityNetDataset(*make(short=True), classes=classes, **KW)
+    with pytest.raises(ValueError, match=r"'dance', which is not in the class list"):
+        ActivityNetDataset(*make(label=True), classes=classes, **KW)
+    assert len(ActivityNetDataset(*make(), classes=classes, **KW)) == 4
+
+
+def test_problems_are_skipped_and_counted(broken, caplog):
+    make, classes = broken
+    with caplog.at_level(logging.WARNING):
+        ds = ActivityNetDataset(
+            *make(missing=True, short=True, label=True), classes=classes, on_error="skip", **KW
+        )
+    assert [v.video_id for v in ds.videos] == ["synth_0003"]
+    assert ds.skipped == {"bad annotation": 1, "missing file": 1, "shorter than one snippet": 1}
+    assert "skipped 3 of 4 videos" in caplog.text
+
+
+def test_bad_options(synth):
+    with pytest.raises(ValueError, match="mode"):
+        ActivityNetDataset(synth, synthetic_video_dir(synth), mode="audio")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        ActivityNetDataset(synth, synthetic_video_dir(synth) / "nope")
