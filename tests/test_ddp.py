@@ -90,7 +90,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         # Different initial weights per rank: the trainer must broadcast rank 0's.
         encoder, detector = make_models(seed=rank)
-        trainer = make_trainer(encoder, detector, checkpoint_dir=os.path.join(out_dir, "ckpt"))
+        # A DDP-wrapped encoder is accepted: the trainer unwraps it and its reducer hooks stay
+        # idle (no DDP forward arms them), so they cannot hang on uneven backward counts.
+        wrapped = nn.parallel.DistributedDataParallel(encoder)
+        trainer = make_trainer(wrapped, detector, checkpoint_dir=os.path.join(out_dir, "ckpt"))
+        assert trainer.encoder is encoder
         trainer.fit(make_data(), epochs=EPOCHS, batch_size=1, shuffle=False)
         params = {
             n: p.detach() for n, p in [*encoder.named_parameters(), *detector.named_parameters()]

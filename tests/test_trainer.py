@@ -353,3 +353,25 @@ def test_detector_that_cuts_the_graph_is_reported_loudly():
         build(detector_step=step).fit(make_data(1), epochs=1)
     assert str(info.value) == NO_GRAD_FEATURES_MESSAGE
     assert "ActionFormer" in str(info.value) and "ratio=0" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "trainer",
+        "checkpoint",
+        "distributed",
+        "metrics",
+        "batches",
+        "optimization",
+        "callbacks",
+        "adapters",
+    ],
+)
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"sgs_tad.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} doctest failures in sgs_tad.{name}"
