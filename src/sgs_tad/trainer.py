@@ -452,8 +452,12 @@ class SGSTrainer:
                         self.scaler.update()
                     else:
                         self.optimizer.step()
-            # Zero once, after the single step of this iteration window.
+            # Zero once, after the single step of this iteration window: every trainable
+            # parameter, not only the optimizer's, or a parameter left out of a custom
+            # optimizer would accumulate gradients forever.
             self.optimizer.zero_grad(set_to_none=True)
+            for p in self.parameters:
+                p.grad = None
         self.step += 1
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
