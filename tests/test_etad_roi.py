@@ -57,8 +57,8 @@ def test_roi_matches_loop_reference():
     for bins in (1, 4, 7):
         got = roi_interpolate(features, segments, batch_index, bins)
         ref = _loop_reference(features, segments, batch_index, bins)
-        assert got.shape == (7, 5, bins)
-        torch.testing.assert_close(got.double(), ref, atol=2e-4, rtol=0)
+        assert got.shape == (7, bins, 5)
+        torch.testing.assert_close(got.transpose(1, 2).double(), ref, atol=2e-4, rtol=0)
 
 
 def test_roi_zero_width_bin_is_the_point_value():
@@ -66,7 +66,7 @@ def test_roi_zero_width_bin_is_the_point_value():
     # a zero-length segment at snippet-centre position 2.25: the interpolant is 2.25 there
     x = (2.25 + 0.5) / 6
     got = roi_interpolate(features, torch.tensor([[x, x]]), torch.tensor([0]), 3)
-    torch.testing.assert_close(got, torch.full((1, 1, 3), 2.25))
+    torch.testing.assert_close(got, torch.full((1, 3, 1), 2.25))
 
 
 def test_roi_unsorted_batch_index_and_gradient():

@@ -60,60 +60,53 @@ def boundary_windows(segments: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
     return starts, ends
 
 
-def _hat_integral(u: Tensor, t: int) -> Tensor:
-    """``[..., T + 2]``: integral from -inf to ``u`` of the hat of each knot ``-1 .. T``.
-
-    ``u`` must lie in ``[-1, T)``. Knot ``k`` sits at ``k - 1``; with ``m = floor(u)`` and
-    ``r = u - m`` the integral is 1 for knots left of ``m``, ``1 - (1 - r)^2 / 2`` at ``m``,
-    ``r^2 / 2`` at ``m + 1`` and 0 further right. Built from one comparison and two scatters
-    instead of evaluating a quadratic at every knot.
-    """
-    m = u.floor()
-    r = (u - m).unsqueeze(-1)
-    at = (m + 1).long().unsqueeze(-1)  # index of the knot at position m
-    knots = torch.arange(t + 2, device=u.device)
-    cum = (knots < at).to(u.dtype)
-    cum.scatter_(-1, at, 1.0 - 0.5 * (1.0 - r) * (1.0 - r))
-    cum.scatter_(-1, at + 1, 0.5 * r * r)
-    return cum
-
-
 def _hat_value(u: Tensor, t: int) -> Tensor:
     """``[..., T + 2]``: value at ``u`` of the hat of each knot ``-1 .. T``."""
     knots = torch.arange(-1, t + 1, dtype=u.dtype, device=u.device)
     return (1.0 - (u.unsqueeze(-1) - knots).abs()).clamp(min=0.0)
 
 
-def interpolation_weights(segments: Tensor, num_bins: int, temporal_scale: int) -> Tensor:
-    """The matrix ``W`` of the module docstring: ``[R, num_bins, T]``.
+def _weights(segments: Tensor, num_bins: int, t: int) -> tuple[Tensor, Tensor]:
+    """Bin integrals of the knot hats ``[R, n, T + 2]`` and the ``[R, n]`` factor to apply.
 
-    Args:
-        segments: ``[R, 2]`` normalised (start, end).
-        num_bins: bins per segment.
-        temporal_scale: number of snippets ``T``.
-
-    Returns:
-        ``[R, num_bins, T]``; each row sums to the fraction of its bin inside the video.
+    The mean over bin ``j`` of segment ``r`` is ``scale[r, j] * weights[r, j] @ padded`` with
+    ``padded`` the ``T + 2`` knot values (the sequence with its first and last snippet repeated
+    at knots -1 and T, which makes it constant there).
     """
-    t = temporal_scale
     seg = segments.detach() * t - 0.5  # snippet-centre units: snippet i at i
     steps = torch.linspace(0.0, 1.0, num_bins + 1, dtype=seg.dtype, device=seg.device)
     edges = seg[:, :1] + (seg[:, 1:] - seg[:, :1]) * steps  # [R, n+1]
-    # zero outside the video: clamp the integration limits to its extent [-0.5, T - 0.5]
-    cum = _hat_integral(edges.clamp(-0.5, t - 0.5), t)  # [R, n+1, T+2]
+    # The integral from -inf to u of the hat of knot k (at position k - 1) is, with
+    # m = floor(u), r = u - m and a = m + 1 the knot at m: 1 for k < a, 1 - (1 - r)^2 / 2 at
+    # k = a, r^2 / 2 at k = a + 1, 0 beyond. A bin's weights are the difference of that at its
+    # two edges: the knots strictly between (a step, built from booleans) plus four corrections.
+    # Clamping u to the video extent [-0.5, T - 0.5] makes the sequence zero outside the video.
+    u = edges.clamp(-0.5, t - 0.5)
+    m = u.floor()
+    r = u - m
+    at = (m + 1).long()  # [R, n+1], in [0, T]
+    below = torch.arange(t + 2, device=u.device) < at.unsqueeze(-1)  # bool [R, n+1, T+2]
+    weights = (below[:, 1:] ^ below[:, :-1]).to(seg.dtype)  # [R, n, T+2]
+    backwards = at[:, 1:] < at[:, :-1]  # reversed segments step down, not up
+    if bool(backwards.any()):
+        weights = torch.where(backwards.unsqueeze(-1), -weights, weights)
+    q_at = (1.0 - 0.5 * (1.0 - r) ** 2).unsqueeze(-1)
+    q_next = (0.5 * r**2).unsqueeze(-1)
+    at = at.unsqueeze(-1)
+    weights.scatter_add_(-1, at[:, 1:], q_at[:, 1:])
+    weights.scatter_add_(-1, at[:, 1:] + 1, q_next[:, 1:])
+    weights.scatter_add_(-1, at[:, :-1], -q_at[:, :-1])
+    weights.scatter_add_(-1, at[:, :-1] + 1, -q_next[:, :-1])
     width = edges[:, 1:] - edges[:, :-1]  # [R, n], negative for a reversed segment
     short = width.abs() < MIN_WIDTH
-    weights = (cum[:, 1:] - cum[:, :-1]) / torch.where(short, 1.0, width).unsqueeze(-1)
+    # divide after the matmul, on [R, n, C] rather than [R, n, T + 2]
+    scale = torch.where(short, 1.0, 1.0 / torch.where(short, 1.0, width))
     if bool(short.any()):
         centre = 0.5 * (edges[:, 1:] + edges[:, :-1])
         inside = ((centre >= -0.5) & (centre <= t - 0.5)).unsqueeze(-1)
         point = _hat_value(centre.clamp(-0.5, t - 0.5), t) * inside
         weights = torch.where(short.unsqueeze(-1), point, weights)
-    # the padding knots -1 and T repeat the first and last snippet (constant extension)
-    core = weights[..., 1:-1].clone()
-    core[..., 0] += weights[..., 0]
-    core[..., -1] += weights[..., -1]
-    return core
+    return weights, scale
 
 
 def roi_interpolate(
@@ -129,12 +122,13 @@ def roi_interpolate(
         num_bins: number of bins per segment.
 
     Returns:
-        ``[R, C, num_bins]``, differentiable with respect to ``features`` (not ``segments``).
+        ``[R, num_bins, C]`` (bins first, so that flattening needs no copy), differentiable
+        with respect to ``features`` (not ``segments``).
 
     Example:
         >>> f = torch.arange(4.0).view(1, 1, 4)  # snippet centres at 1/8, 3/8, 5/8, 7/8
-        >>> roi_interpolate(f, torch.tensor([[0.125, 0.875]]), torch.tensor([0]), 3)
-        tensor([[[0.5000, 1.5000, 2.5000]]])
+        >>> roi_interpolate(f, torch.tensor([[0.125, 0.875]]), torch.tensor([0]), 3).flatten()
+        tensor([0.5000, 1.5000, 2.5000])
     """
     if features.dim() != 3:
         raise ValueError(f"features must be [B, C, T], got shape {tuple(features.shape)}")
@@ -154,20 +148,23 @@ def roi_interpolate(
             f"[{int(batch_index.min())}, {int(batch_index.max())}]"
         )
     with torch.no_grad():
-        weights = interpolation_weights(segments.to(features.dtype), num_bins, t)
+        weights, scale = _weights(segments.to(features.dtype), num_bins, t)
         owner = batch_index.to(torch.long)
         order = None
         if r > 1 and not bool((owner[1:] >= owner[:-1]).all()):
             order = owner.argsort(stable=True)
-            owner, weights = owner[order], weights[order]
+            owner, weights, scale = owner[order], weights[order], scale[order]
         counts = torch.bincount(owner, minlength=b).tolist()
-    # one matmul per video on its contiguous block of segments: [R_b, n, T] @ [T, C]
+    # knot values -1 .. T: the first and last snippet repeated (constant extension)
+    padded = torch.cat((features[:, :, :1], features, features[:, :, -1:]), dim=2)
+    # one matmul per video on its contiguous block of segments: [R_b, n, T+2] @ [T+2, C]
     blocks = [
-        torch.matmul(w, features[v].t())
+        torch.matmul(w, padded[v].t())
         for v, w in enumerate(weights.split(counts))
         if w.shape[0] > 0
     ]
     out = torch.cat(blocks) if blocks else features.new_zeros(0, num_bins, c)
+    out = out * scale.unsqueeze(-1)
     if order is not None:
         out = out[order.argsort()]
-    return out.transpose(1, 2)
+    return out
