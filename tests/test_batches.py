@@ -40,3 +40,20 @@ def test_check_batch():
         check_batch(batch, ["segments"])
     with pytest.raises(TypeError, match="must be a mapping"):
         check_batch([torch.zeros(3)])
+
+
+def test_make_loader_shards_datasets_and_passes_iterables_through():
+    from sgs_tad.batches import make_loader
+
+    items = [{"snippets": torch.zeros(2 + i, 1)} for i in range(5)]
+    loader, sampler = make_loader(items, seed=0, batch_size=2, shuffle=False)
+    sampler.set_epoch(0)
+    assert [len(b["snippets"]) for b in loader] == [2, 2, 1]
+    batches = [{"snippets": torch.zeros(1, 3, 1)}]
+    assert make_loader(iter(batches), seed=0)[1] is None
+    with pytest.raises(ValueError, match="empty"):
+        make_loader([], seed=0)
+    with pytest.raises(TypeError, match="IterableDataset"):
+        make_loader(torch.utils.data.IterableDataset(), seed=0)
+    with pytest.raises(TypeError, match="got int"):
+        make_loader(3, seed=0)

@@ -22,12 +22,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
-__all__ = ["SNIPPETS_KEY", "check_batch", "collate_videos", "count_snippets", "count_videos"]
+from .distributed import ShardedSampler
+
+__all__ = [
+    "SNIPPETS_KEY",
+    "check_batch",
+    "collate_videos",
+    "count_snippets",
+    "count_videos",
+    "make_loader",
+]
 
 SNIPPETS_KEY = "snippets"
 
@@ -111,3 +121,58 @@ def count_snippets(snippets: Any) -> int:
     for video in snippets:
         total += int(video.shape[0]) if isinstance(video, torch.Tensor) else len(video)
     return total
+
+
+def make_loader(
+    data: Any,
+    *,
+    seed: int,
+    batch_size: int = 1,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    drop_last: bool = False,
+) -> tuple[Any, ShardedSampler | None]:
+    """A ``DataLoader`` over a map-style dataset, sharded over ranks; iterables pass through.
+
+    A dataset (anything with ``__len__`` and ``__getitem__`` that is not a ``DataLoader`` or
+    a mapping, e.g. a list of per-video items) gets a
+    :class:`~sgs_tad.distributed.ShardedSampler` whose order depends only on ``seed`` and
+    the epoch. Any other iterable is taken as an iterable of batches and returned as it is.
+
+    Returns:
+        ``(loader, sampler)``; ``sampler`` is ``None`` for a pass-through iterable.
+
+    Raises:
+        ValueError: the dataset is empty.
+        TypeError: an ``IterableDataset`` (items, not batches) or a non-iterable.
+    """
+    if isinstance(data, IterableDataset):
+        raise TypeError(
+            "an IterableDataset yields items, not batches: wrap it in a DataLoader with"
+            " collate_fn=sgs_tad.batches.collate_videos and pass that."
+        )
+    if (
+        hasattr(data, "__getitem__")
+        and hasattr(data, "__len__")
+        and not isinstance(data, (DataLoader, Mapping))
+    ):
+        if len(data) == 0:
+            raise ValueError("the dataset is empty (len 0); give it at least one video.")
+        sampler = ShardedSampler(len(data), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn or collate_videos,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return loader, sampler
+    if isinstance(data, Iterable):
+        return data, None
+    raise TypeError(
+        "the data must be a map-style Dataset (len + __getitem__) of per-video items, or an"
+        f" iterable of batches (e.g. a DataLoader); got {type(data).__name__}."
+    )

@@ -39,6 +39,7 @@ __all__ = [
     "CheckpointManager",
     "atomic_save",
     "capture_rng_state",
+    "check_resumable",
     "describe_shape_mismatch",
     "load_checkpoint",
     "model_fingerprint",
@@ -340,3 +341,46 @@ def describe_shape_mismatch(
     for k in changed[:limit]:
         lines.append(f"{k}: checkpoint {saved_l[k]} vs model {current_l[k]}")
     return "; ".join(lines) or "same names and shapes, different dtypes"
+
+
+def check_resumable(
+    state: Mapping[str, Any],
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    world_size: int,
+    source: str,
+    strict_world_size: bool = True,
+) -> bool:
+    """Check that a trainer checkpoint fits these modules and this world size.
+
+    Returns:
+        Whether the world size is the one the checkpoint was written with.
+
+    Raises:
+        ValueError: not a trainer checkpoint; written for a different model (the message
+            names the first differing entries); or written with another world size while
+            ``strict_world_size``.
+    """
+    if state.get("format") != "sgs_tad.trainer":
+        raise ValueError(
+            f"{source} is not an SGSTrainer checkpoint (format={state.get('format')!r})."
+        )
+    current = model_fingerprint(modules)
+    if state["fingerprint"] != current:
+        diff = describe_shape_mismatch(state["shapes"], parameter_shapes(modules))
+        raise ValueError(
+            f"{source} was written for a different model (fingerprint {state['fingerprint']}"
+            f" vs {current}): {diff}. Resume with the model it was trained with, or use a"
+            " fresh checkpoint_dir for this model."
+        )
+    same_world = int(state["world_size"]) == world_size
+    if not same_world and strict_world_size:
+        raise ValueError(
+            f"{source} was written with world size {state['world_size']}, this run has"
+            f" {world_size}. The data sharding and per-rank random states would not match,"
+            " so the run cannot continue bit-identically. Relaunch with"
+            f" --nproc_per_node={state['world_size']}, or call"
+            " trainer.load_state_dict(load_checkpoint(path), strict_world_size=False) to keep"
+            " weights/optimizer/step and restart the interrupted epoch."
+        )
+    return same_world

@@ -33,22 +33,21 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
 
 from . import distributed as dist_utils
-from .batches import SNIPPETS_KEY, check_batch, collate_videos, count_snippets, count_videos
+from .batches import SNIPPETS_KEY, check_batch, count_snippets, count_videos, make_loader
 from .callbacks import Callback
 from .checkpoint import (
     CheckpointManager,
     capture_rng_state,
-    describe_shape_mismatch,
+    check_resumable,
     load_checkpoint,
     model_fingerprint,
     parameter_shapes,
@@ -478,48 +477,6 @@ class SGSTrainer:
 
     # ------------------------------------------------------------------------------ the loop
 
-    def _loader(
-        self,
-        data: Any,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        num_workers: int,
-        collate_fn: Callable[[list[Any]], Any] | None,
-        drop_last: bool,
-    ) -> tuple[Any, dist_utils.ShardedSampler | None]:
-        if isinstance(data, IterableDataset):
-            raise TypeError(
-                "an IterableDataset yields items, not batches: wrap it in a DataLoader with"
-                " collate_fn=sgs_tad.batches.collate_videos and pass that."
-            )
-        if (
-            hasattr(data, "__getitem__")
-            and hasattr(data, "__len__")
-            and not isinstance(data, (DataLoader, Mapping))
-        ):
-            if len(data) == 0:
-                raise ValueError("train_data is empty (len 0); give it at least one video.")
-            sampler = dist_utils.ShardedSampler(
-                len(data), shuffle=shuffle, seed=self.seed, drop_last=drop_last
-            )
-            loader = DataLoader(
-                data,
-                batch_size=batch_size,
-                sampler=sampler,
-                num_workers=num_workers,
-                collate_fn=collate_fn or collate_videos,
-                drop_last=drop_last,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-            return loader, sampler
-        if isinstance(data, Iterable):
-            return data, None
-        raise TypeError(
-            f"train_data must be a map-style Dataset (len + __getitem__) of per-video items, or"
-            f" an iterable of batches (e.g. a DataLoader); got {type(data).__name__}."
-        )
-
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
@@ -589,8 +546,9 @@ class SGSTrainer:
                 self.load_state_dict(found[0], source=str(found[1]))
         elif resume:
             self.load_state_dict(load_checkpoint(resume), source=str(resume))
-        loader, sampler = self._loader(
+        loader, sampler = make_loader(
             train_data,
+            seed=self.seed,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=num_workers,
@@ -745,8 +703,9 @@ class SGSTrainer:
         mean weighted by batch size, over batches and ranks. Train/eval modes and the snippet
         sampler's random state are restored afterwards.
         """
-        loader, sampler = self._loader(
+        loader, sampler = make_loader(
             data,
+            seed=self.seed,
             batch_size=batch_size,
             shuffle=False,
             num_workers=0,
@@ -827,30 +786,13 @@ class SGSTrainer:
         Raises:
             ValueError: the checkpoint is for a different model, or the world size changed.
         """
-        if state.get("format") != "sgs_tad.trainer":
-            raise ValueError(
-                f"{source} is not an SGSTrainer checkpoint (format={state.get('format')!r})."
-            )
-        if state["fingerprint"] != self.fingerprint():
-            diff = describe_shape_mismatch(
-                state["shapes"],
-                parameter_shapes({"encoder": self.encoder, "detector": self.detector}),
-            )
-            raise ValueError(
-                f"{source} was written for a different model (fingerprint"
-                f" {state['fingerprint']} vs {self.fingerprint()}): {diff}. Resume with the"
-                " model it was trained with, or use a fresh checkpoint_dir for this model."
-            )
-        same_world = int(state["world_size"]) == self.world_size
-        if not same_world and strict_world_size:
-            raise ValueError(
-                f"{source} was written with world size {state['world_size']}, this run has"
-                f" {self.world_size}. The data sharding and per-rank random states would not"
-                " match, so the run cannot continue bit-identically. Relaunch with"
-                f" --nproc_per_node={state['world_size']}, or call"
-                " trainer.load_state_dict(load_checkpoint(path), strict_world_size=False) to"
-                " keep weights/optimizer/step and restart the interrupted epoch."
-            )
+        same_world = check_resumable(
+            state,
+            modules={"encoder": self.encoder, "detector": self.detector},
+            world_size=self.world_size,
+            source=source,
+            strict_world_size=strict_world_size,
+        )
         self.encoder.load_state_dict(state["encoder"])
         self.detector.load_state_dict(state["detector"])
         self.optimizer.load_state_dict(state["optimizer"])
