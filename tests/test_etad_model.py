@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from etad import ETAD, ETADConfig
+from etad import ETAD, ETADConfig, ETADPrediction, to_detections
 from etad.modules import StageOutput
 from etad.targets import encode_offsets
 from sgs_tad.proposals import ProposalMap, sample_proposals
@@ -257,6 +258,28 @@ def test_perfect_offsets_give_ground_truth_through_the_cascade():
     for pred in model.predict(feats):
         torch.testing.assert_close(pred.segments, gt.expand_as(pred.segments), atol=1e-5, rtol=0)
         torch.testing.assert_close(pred.iou_cls, torch.full_like(pred.iou_cls, 0.5))
+
+
+def test_to_detections_scores_and_boundary_selection():
+    start = torch.tensor([0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    end = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.8, 0.1, 0.1, 0.3])
+    segments = torch.tensor([[0.0, 0.5], [0.0, 1.0], [0.5, 1.0]])
+    pred = ETADPrediction(
+        segments=segments,
+        proposals=segments,
+        start=start,
+        end=end,
+        iou_cls=torch.tensor([0.5, 1.0, 1.0]),
+        iou_reg=torch.tensor([0.8, 0.5, 1.0]),
+    )
+    dets = to_detections(pred, duration=20.0)
+    # the third box starts at snippet 4, not a start candidate; scores p_s * p_e * p_iou:
+    # [0, 0.5] -> 0.9 * 0.8 * 0.4 = 0.288, [0, 1] -> 0.9 * 0.3 * 0.5 = 0.135 (before soft-NMS
+    # decays the second by exp(-0.5^2 / 0.35))
+    assert [d["segment"] for d in dets] == [[0.0, 10.0], [0.0, 20.0]]
+    assert dets[0]["score"] == pytest.approx(0.288)
+    assert dets[1]["score"] == pytest.approx(0.135 * math.exp(-0.25 / 0.35))
+    assert {d["label"] for d in dets} == {"action"}
 
 
 # ---------------------------------------------------------------- input checks

@@ -6,6 +6,8 @@ All segments are normalised to the video, ``[start, end]`` with snippet ``i`` of
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,9 @@ __all__ = [
 ]
 
 _EPS = 1e-6
+#: Largest log-width offset applied in a refinement (as Faster R-CNN's ``log(1000 / 16)``): an
+#: untrained head can output anything, and exp of it must not overflow to an infinite box.
+MAX_LOG_WIDTH = math.log(1000.0 / 16.0)
 
 
 def segment_iou(segments: Tensor, gt_segments: Tensor) -> Tensor:
@@ -102,7 +107,7 @@ def decode_offsets(segments: Tensor, offsets: Tensor) -> Tensor:
     """Refine ``segments`` by the mean of the start/end and the centre/width parametrisation.
 
     The inverse of :func:`encode_offsets`: with its exact output both parametrisations give the
-    ground truth, and so does their mean.
+    ground truth, and so does their mean (width ratios up to ``exp(MAX_LOG_WIDTH)`` = 62.5).
 
     Args:
         segments: ``[P, 2]``.
@@ -116,7 +121,7 @@ def decode_offsets(segments: Tensor, offsets: Tensor) -> Tensor:
     se_start = segments[:, 0] + offsets[:, 0] * length
     se_end = segments[:, 1] + offsets[:, 1] * length
     cw_centre = centre + offsets[:, 2] * length
-    cw_half = 0.5 * length * torch.exp(offsets[:, 3])
+    cw_half = 0.5 * length * torch.exp(offsets[:, 3].clamp(max=MAX_LOG_WIDTH))
     start = 0.5 * (se_start + cw_centre - cw_half)
     end = 0.5 * (se_end + cw_centre + cw_half)
     return torch.stack((start, end), dim=1)
