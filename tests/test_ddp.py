@@ -99,8 +99,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         params = {
             n: p.detach() for n, p in [*encoder.named_parameters(), *detector.named_parameters()]
         }
+        # Each rank evaluates its shard; the result is the mean over all videos.
+        metrics = trainer.evaluate(make_data(), lambda feats, batch: {"n": float(feats.shape[1])})
         torch.save(
-            {"params": params, "step": trainer.step}, os.path.join(out_dir, f"rank{rank}.pt")
+            {"params": params, "step": trainer.step, "eval_n": metrics["n"]},
+            os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
         torch.distributed.destroy_process_group()
@@ -129,6 +132,7 @@ def test_two_gloo_ranks_match_a_single_process_reference(tmp_path):
 
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert results[0]["step"] == results[1]["step"] == reference.step == 2 * EPOCHS
+    assert results[0]["eval_n"] == results[1]["eval_n"] == sum(LENGTHS) / len(LENGTHS)
     for name, value in expected.items():
         torch.testing.assert_close(results[0]["params"][name], value, msg=name)
         assert torch.equal(results[0]["params"][name], results[1]["params"][name]), name
