@@ -252,18 +252,19 @@ def test_frozen_stages_and_frozen_norm():
     assert not torch.equal(trainer.encoder[3].weight, last)
 
 
-def test_sigterm_saves_a_checkpoint_and_returns(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_a_checkpoint_and_return(tmp_path, sig):
     class Kill(Callback):
         def on_step_end(self, trainer, metrics):
             if trainer.step == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), sig)
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(sig)
     trainer = build(checkpoint_dir=tmp_path, callbacks=[Kill()])
     summary = trainer.fit(make_data(4), epochs=2)
     assert summary["stopped"] and trainer.step == 2
     assert [p.name for p in trainer.checkpoints.checkpoints()] == ["checkpoint-000000002.pt"]
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(sig) is before
 
 
 def test_callback_order():
