@@ -78,6 +78,10 @@ def make_trainer(encoder: nn.Module, detector: Detector, **kwargs) -> SGSTrainer
     return trainer
 
 
+def box_len(batch) -> int:
+    return int(batch["snippets"][0].shape[0])
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
@@ -101,8 +105,26 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         }
         # Each rank evaluates its shard; the result is the mean over all videos.
         metrics = trainer.evaluate(make_data(), lambda feats, batch: {"n": float(feats.shape[1])})
+        # A NaN loss on rank 1 only: both ranks must skip that step (no hang, same weights).
+        enc2, det2 = make_models(seed=0)
+        calls = []
+
+        def nan_on_rank1(feats, batch):
+            calls.append(1)
+            loss = (det2.video_score(feats[0, : box_len(batch)]) - batch["target"][0]).square()
+            return loss * float("nan") if rank == 1 and len(calls) == 1 else loss
+
+        skipper = SGSTrainer(enc2, det2, detector_step=nan_on_rank1, ratio=1.0, encoder_lr=1e-2)
+        skipper.fit(make_data(), epochs=1, batch_size=1, shuffle=False)
+        skip_weights = det2.head.weight.detach()
         torch.save(
-            {"params": params, "step": trainer.step, "eval_n": metrics["n"]},
+            {
+                "params": params,
+                "step": trainer.step,
+                "eval_n": metrics["n"],
+                "skipped": skipper.skipped_steps,
+                "skip_weights": skip_weights,
+            },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
@@ -133,6 +155,8 @@ def test_two_gloo_ranks_match_a_single_process_reference(tmp_path):
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert results[0]["step"] == results[1]["step"] == reference.step == 2 * EPOCHS
     assert results[0]["eval_n"] == results[1]["eval_n"] == sum(LENGTHS) / len(LENGTHS)
+    assert results[0]["skipped"] == results[1]["skipped"] == 1
+    assert torch.equal(results[0]["skip_weights"], results[1]["skip_weights"])
     for name, value in expected.items():
         torch.testing.assert_close(results[0]["params"][name], value, msg=name)
         assert torch.equal(results[0]["params"][name], results[1]["params"][name]), name
