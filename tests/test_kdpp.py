@@ -74,12 +74,15 @@ def test_log_elementary_symmetric_does_not_overflow() -> None:
 
 
 @pytest.mark.parametrize(
-    "k,eps,normalize",
-    [(3, 0.1, True), (5, 0.1, True), (2, 0.5, False)],
-    ids=["k<rank", "k>rank-null-space", "raw-features"],
+    "k,eps,normalize,channels",
+    [(3, 0.1, True, 3), (5, 0.1, True, 3), (2, 0.5, False, 3), (3, 0.1, True, 10)],
+    ids=["k<rank", "k>rank-null-space", "raw-features", "N<=C-primal"],
 )
-def test_subset_frequencies_match_enumeration(k: int, eps: float, normalize: bool) -> None:
-    x = _features(8, 3, seed=k)  # rank 3 < N = 8: the eps eigenspace has dimension 5
+def test_subset_frequencies_match_enumeration(
+    k: int, eps: float, normalize: bool, channels: int
+) -> None:
+    # C = 3 < N = 8: rank 3, the eps eigenspace has dimension 5; C = 10: no null space
+    x = _features(8, channels, seed=k)
     probs = _exact_subset_probs(_kernel(x, eps, normalize), k)
     g = torch.Generator().manual_seed(0)
     pvalue = _chi2_pvalue(

@@ -95,7 +95,7 @@ def _cholesky_qr(a: torch.Tensor) -> torch.Tensor:
 def kdpp_spectrum(
     features: torch.Tensor, *, normalize: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nonzero eigenpairs of ``X̂ X̂ᵀ`` from the ``C×C`` dual matrix ``X̂ᵀ X̂``.
+    """Nonzero eigenpairs of ``X̂ X̂ᵀ``, from the ``C×C`` dual matrix ``X̂ᵀ X̂`` when ``C < N``.
 
     Args:
         features: ``[N, C]``.
@@ -109,10 +109,13 @@ def kdpp_spectrum(
     x = features.detach().to(torch.float64).cpu()
     if normalize:
         x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-300)
-    lam, vec = torch.linalg.eigh(x.T @ x)
+    primal = x.shape[0] <= x.shape[1]  # N <= C: the N×N matrix is the smaller one
+    lam, vec = torch.linalg.eigh(x @ x.T if primal else x.T @ x)
     lam_max = float(lam.max()) if lam.numel() else 0.0
     keep = lam > max(lam_max * 1e-10, 1e-300)
     lam, vec = lam[keep], vec[:, keep]
+    if primal:
+        return lam, vec
     # U = X V Λ^{-1/2}; for small eigenvalues the dual construction loses orthogonality
     # (error ~ machine eps · λ_max / λ), which one CholeskyQR pass restores
     return lam, _cholesky_qr((x @ vec) / lam.sqrt())
