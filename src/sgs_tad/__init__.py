@@ -8,9 +8,11 @@ from .norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
 from .phase import is_encoding, is_recomputing
 from .sgs import SequentializedGradientSampler
 from .sources import SnippetSource, TensorSource
+from .trainer import SGSTrainer
 
 __all__ = [
     "FrozenBatchNorm",
+    "SGSTrainer",
     "SequentializedGradientSampler",
     "SnippetSource",
     "TensorSource",
