@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -12,9 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from etad import ETAD, ETADConfig, ETADPrediction, to_detections
+from etad.config import ProposalStrategy
 from etad.modules import StageOutput
 from etad.targets import encode_offsets
-from sgs_tad.proposals import ProposalMap, sample_proposals
+from sgs_tad.proposals import PROPOSAL_STRATEGIES, ProposalMap, sample_proposals
 
 T = 16
 
@@ -215,14 +217,11 @@ def test_predict_shapes_and_ranges():
 
 
 def test_predict_chunking_does_not_change_results():
-    model = ETAD(_tiny()).eval()
+    whole = ETAD(_tiny()).eval()
+    chunked = ETAD(_tiny(inference_chunk=7)).eval()
+    chunked.load_state_dict(whole.state_dict())
     feats, _ = _batch()
-    whole = model.predict(feats)
-    model.config = model.config.replace(inference_chunk=7)
-    for stage in model.stages:
-        stage.config = model.config
-    chunked = model.predict(feats)
-    for a, b in zip(whole, chunked):
+    for a, b in zip(whole.predict(feats), chunked.predict(feats)):
         torch.testing.assert_close(a.segments, b.segments)
         torch.testing.assert_close(a.iou_cls, b.iou_cls)
 
@@ -298,3 +297,13 @@ def test_bad_input_is_explained():
         ETADConfig.small(channels=66)
     with pytest.raises(ValueError, match="aps_ratio"):
         ETADConfig.small(aps_ratio=0.0)
+    with pytest.raises(ValueError, match="iou_balanced"):  # the message lists the known names
+        ETADConfig.small(aps_strategy="dense")
+    with pytest.raises(ValueError, match="divide by the video duration"):
+        model(feats, [gts[0], torch.tensor([[12.0, 30.5]])])  # seconds, not normalised
+    with pytest.raises(ValueError, match="not normalised"):
+        model(feats, [gts[0], torch.tensor([[0.5, 0.2]])])
+
+
+def test_strategy_names_match_the_library():
+    assert set(get_args(ProposalStrategy)) == set(PROPOSAL_STRATEGIES)

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-__all__ = ["ETADConfig"]
+__all__ = ["ETADConfig", "ProposalStrategy"]
+
+#: The APS strategies of ``sgs_tad.proposals.sample_proposals``.
+ProposalStrategy = Literal[
+    "random", "grid", "block", "fps", "kdpp", "iou_balanced", "scale_balanced"
+]
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class ETADConfig:
     share_extended_fc: bool = True
     stage_iou_thresholds: tuple[float, ...] = (0.7, 0.8, 0.9)
     aps_ratio: float = 0.06
-    aps_strategy: str = "random"
+    aps_strategy: ProposalStrategy = "random"
     inference_aps_ratio: float | None = None
     inference_chunk: int = 4096
     boundary_pos_threshold: float = 0.5
@@ -134,6 +139,11 @@ class ETADConfig:
         for t in (*self.stage_iou_thresholds, self.iou_cls_threshold):
             if not 0.0 <= t < 1.0:
                 raise ValueError(f"IoU thresholds must lie in [0, 1), got {t!r}")
+        if self.aps_strategy not in get_args(ProposalStrategy):
+            raise ValueError(
+                f"ETADConfig.aps_strategy={self.aps_strategy!r} is unknown; choose one of "
+                f"{', '.join(get_args(ProposalStrategy))}"
+            )
         if not 0.0 < self.aps_ratio <= 1.0:
             raise ValueError(f"ETADConfig.aps_ratio must lie in (0, 1], got {self.aps_ratio!r}")
         ratio = self.inference_aps_ratio

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,8 @@ __all__ = ["ETAD", "ETADPrediction"]
 FEATURE_GUIDED = ("fps", "kdpp")
 #: Shortest box (normalised) a refinement may produce; shorter or reversed boxes are repaired.
 MIN_LENGTH = 1e-4
+#: Ground truth may exceed [0, 1] by this much (rounding in the annotation's seconds).
+_GT_SLACK = 1e-3
 
 
 @dataclass
@@ -179,6 +181,14 @@ class ETAD(nn.Module):
         for b, gt in enumerate(gt_segments):
             if not isinstance(gt, Tensor) or gt.dim() != 2 or gt.shape[1] != 2:
                 raise ValueError(f"gt_segments[{b}] must be a [G, 2] tensor, got {gt!r}")
+            bad = ~torch.isfinite(gt).all(dim=1) | (gt[:, 1] < gt[:, 0])
+            bad |= (gt < -_GT_SLACK).any(dim=1) | (gt > 1 + _GT_SLACK).any(dim=1)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"gt_segments[{b}] has segments {gt[bad].tolist()} that are not normalised "
+                    "[start, end] with 0 <= start <= end <= 1; divide by the video duration "
+                    "and clip to [0, 1]"
+                )
         cfg = self.config
         gen = generator if generator is not None else self._default_generator()
         dev, dt = features.device, features.dtype
@@ -204,35 +214,37 @@ class ETAD(nn.Module):
         ):
             pred = stage.evaluate(stage.features(x), segments, owner)
             matched, iou = _match(segments, owner, gt_pad, gt_valid)
-            s_idx = _snippet_index(segments[:, 0], t)
-            e_idx = _snippet_index(segments[:, 1], t)
-            l_bdp = balanced_bce(
-                pred.boundary_logits[:, 0], start_labels[owner, s_idx], threshold=thr
-            ) + balanced_bce(pred.boundary_logits[:, 1], end_labels[owner, e_idx], threshold=thr)
-            l_cls = sampled_bce(pred.iou_logits[:, 0], iou > cfg.iou_cls_threshold, generator=gen)
-            l_reg = balanced_l2(
-                pred.iou_logits[:, 1].sigmoid(),
-                iou,
-                high=cfg.iou_reg_high,
-                low=cfg.iou_reg_low,
-                generator=gen,
-            )
-            l_off = offset_loss(pred.offsets, encode_offsets(segments, matched), iou > stage_thr)
+            index = _snippet_index(segments, t)  # [R, 2] snippets of the start and the end
+            terms = {
+                "boundary": balanced_bce(
+                    pred.boundary_logits[:, 0], start_labels[owner, index[:, 0]], threshold=thr
+                )
+                + balanced_bce(
+                    pred.boundary_logits[:, 1], end_labels[owner, index[:, 1]], threshold=thr
+                ),
+                "iou_cls": sampled_bce(
+                    pred.iou_logits[:, 0], iou > cfg.iou_cls_threshold, generator=gen
+                ),
+                "iou_reg": balanced_l2(
+                    pred.iou_logits[:, 1].sigmoid(),
+                    iou,
+                    high=cfg.iou_reg_high,
+                    low=cfg.iou_reg_low,
+                    generator=gen,
+                ),
+                "offset": offset_loss(
+                    pred.offsets, encode_offsets(segments, matched), iou > stage_thr
+                ),
+            }
             stage_loss = (
-                cfg.boundary_cls_weight * l_bdp
-                + cfg.iou_cls_weight * l_cls
-                + cfg.iou_reg_weight * l_reg
-                + cfg.offset_weight * l_off
+                cfg.boundary_cls_weight * terms["boundary"]
+                + cfg.iou_cls_weight * terms["iou_cls"]
+                + cfg.iou_reg_weight * terms["iou_reg"]
+                + cfg.offset_weight * terms["offset"]
             )
             total = total + stage_loss
             out[f"stage{i}"] = stage_loss.detach()
-            for name, value in (
-                ("boundary", l_bdp),
-                ("iou_cls", l_cls),
-                ("iou_reg", l_reg),
-                ("offset", l_off),
-            ):
-                out[f"stage{i}_{name}"] = value.detach()
+            out.update({f"stage{i}_{name}": value.detach() for name, value in terms.items()})
             # the next stage starts from the refined boxes but does not back-propagate into
             # this stage's offsets through them (as in Cascade R-CNN): detach
             segments = _sanitize(decode_offsets(segments, pred.offsets.detach()))
@@ -242,7 +254,7 @@ class ETAD(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict(
-        self, features: Tensor, *, aps_ratio: float | str | None = "config"
+        self, features: Tensor, *, aps_ratio: float | Literal["config"] | None = "config"
     ) -> list[ETADPrediction]:
         """Proposals, boundary probabilities and IoU scores for every video.
 
