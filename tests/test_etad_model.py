@@ -196,7 +196,7 @@ def test_detector_trains_on_random_features_with_aps():
         opt.step()
         losses.append(float(out["loss"].detach()))
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, losses
+    assert last < 0.5 * first, losses  # about 0.2 on the seeds tried
 
 
 # ---------------------------------------------------------------- inference
