@@ -199,6 +199,33 @@ def test_detector_trains_on_random_features_with_aps():
     assert last < 0.5 * first, losses  # about 0.2 on the seeds tried
 
 
+def test_with_sgs_at_ratio_one_matches_end_to_end():
+    # the detector as SGS's loss: [B, N, C] features transposed to [B, C, T]
+    from sgs_tad.sgs import SequentializedGradientSampler
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 32))
+    model = ETAD(_tiny())
+    snippets = torch.randn(2, T, 3, 4, generator=torch.Generator().manual_seed(0))
+    _, gts = _batch()
+
+    feats = encoder(snippets.flatten(0, 1)).view(2, T, 32)
+    model(feats.transpose(1, 2), gts, generator=torch.Generator().manual_seed(5))[
+        "loss"
+    ].backward()
+    reference = [p.grad.clone() for p in encoder.parameters()]
+    encoder.zero_grad()
+
+    sgs = SequentializedGradientSampler(encoder, micro_batch_size=4, ratio=1.0)
+    feats = sgs.encode(snippets)
+    model(feats.transpose(1, 2), gts, generator=torch.Generator().manual_seed(5))[
+        "loss"
+    ].backward()
+    sgs.backward(snippets, feats)
+    for got, ref in zip((p.grad for p in encoder.parameters()), reference):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- inference
 def test_predict_shapes_and_ranges():
     cfg = _tiny(max_duration=8)
