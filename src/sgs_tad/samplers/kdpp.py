@@ -116,9 +116,13 @@ def kdpp_spectrum(
     lam, vec = lam[keep], vec[:, keep]
     if primal:
         return lam, vec
-    # U = X V Λ^{-1/2}; for small eigenvalues the dual construction loses orthogonality
-    # (error ~ machine eps · λ_max / λ), which one CholeskyQR pass restores
-    return lam, _cholesky_qr((x @ vec) / lam.sqrt())
+    u = (x @ vec) / lam.sqrt()
+    # U = X V Λ^{-1/2} loses orthogonality like machine eps · λ_max / λ_min (about 1e-16 per
+    # unit of condition number): restore it with one CholeskyQR pass when that could exceed
+    # 1e-10, i.e. for features whose spectrum decays steeply
+    if lam_max > 1e6 * float(lam[0]):
+        u = _cholesky_qr(u)
+    return lam, u
 
 
 def _select_spectrum(
