@@ -27,7 +27,8 @@ With fewer than ``k`` distinct points, torch-cluster would repeat indices; both 
 then return torch-cluster's distinct prefix followed by the lowest unchosen indices (in
 cyclic order after the start), so the result is always ``k`` distinct indices.
 
-Distances are computed in float32 (float64 features stay float64). Cost: O(k·N·C).
+Distances are computed in float32 (float64 features stay float64), on the features' device
+(the identity with torch-cluster is tested on CPU). Cost: O(k·N·C).
 
 Example:
     >>> import torch
@@ -74,21 +75,21 @@ def _resolve_backend(backend: str) -> str:
 
 def _fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     """FPS from row 0; ties to the lowest index (``argmax`` returns the first maximum)."""
-    out = torch.zeros(num_samples, dtype=torch.long)
+    out = [0]
     buf = torch.empty_like(points)
     torch.sub(points, points[0], out=buf)
     dist = buf.pow_(2).sum(1)
     new = torch.empty_like(dist)
-    for i in range(1, num_samples):
+    for _ in range(1, num_samples):
         # a chosen point has distance exactly 0; marking it -1 only matters once every
         # remaining point duplicates a chosen one, where torch-cluster would repeat an index
-        dist[out[i - 1]] = -1.0
+        dist[out[-1]] = -1.0
         cur = int(dist.argmax())
-        out[i] = cur
+        out.append(cur)
         torch.sub(points, points[cur], out=buf)
         torch.sum(buf.pow_(2), 1, out=new)
         torch.minimum(dist, new, out=dist)
-    return out
+    return torch.tensor(out, dtype=torch.long)
 
 
 def _cluster_ratio(num_items: int, num_samples: int) -> torch.Tensor:
@@ -142,7 +143,7 @@ def farthest_point_sampling(
         points = points.float()
     # rolling makes the start row 0 (torch-cluster's only deterministic start) while keeping
     # the cyclic order, so ties break the same way whichever backend runs
-    points = torch.roll(points.cpu(), -start, dims=0).contiguous()
+    points = torch.roll(points, -start, dims=0).contiguous()
     order = _fps_cluster(points, num_samples) if chosen == "torch_cluster" else None
     if order is None or order.unique().numel() != num_samples:
         # torch-cluster repeats indices when fewer than k points are distinct; our loop
