@@ -111,3 +111,11 @@ def test_identical_to_torch_cluster(seed: int, num_items: int, dim: int, k: int)
     a = farthest_point_sampling(xi, 5, start=start, backend="torch")
     b = farthest_point_sampling(xi, 5, start=start, backend="torch_cluster")
     assert a.tolist() == b.tolist()
+
+
+def test_auto_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fps_module, "has_torch_cluster", lambda: True)
+    assert fps_module._resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert fps_module._resolve_backend("auto", torch.device("cuda", 0)) == "torch_cluster"
+    monkeypatch.setattr(fps_module, "has_torch_cluster", lambda: False)
+    assert fps_module._resolve_backend("auto", torch.device("cuda", 0)) == "torch"
