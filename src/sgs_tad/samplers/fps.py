@@ -79,17 +79,20 @@ def _resolve_backend(backend: str, device: torch.device | None = None) -> str:
 
 
 def _fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """FPS from row 0; ties to the lowest index (``argmax`` returns the first maximum)."""
+    """FPS from row 0; ties to the lowest index (``max`` returns the first maximum)."""
     out = [0]
     buf = torch.empty_like(points)
     torch.sub(points, points[0], out=buf)
     dist = buf.pow_(2).sum(1)
     new = torch.empty_like(dist)
     for _ in range(1, num_samples):
-        # a chosen point has distance exactly 0; marking it -1 only matters once every
-        # remaining point duplicates a chosen one, where torch-cluster would repeat an index
-        dist[out[-1]] = -1.0
-        cur = int(dist.argmax())
+        best, cur_t = dist.max(0)
+        cur = int(cur_t)
+        if float(best) == 0.0:
+            # every remaining point duplicates a chosen one (chosen points sit at distance
+            # exactly 0): torch-cluster would repeat an index, we take the first unchosen
+            taken = set(out)
+            cur = next(i for i in range(points.shape[0]) if i not in taken)
         out.append(cur)
         torch.sub(points, points[cur], out=buf)
         torch.sum(buf.pow_(2), 1, out=new)
