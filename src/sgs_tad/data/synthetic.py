@@ -3,8 +3,8 @@
 The default data set of the examples: small enough to generate in seconds and learn on a CPU in
 minutes, built so that *what* happens is carried by motion, not by appearance.
 
-Every video shows, on a textured background that drifts (a camera pan), two identical shapes of
-one colour (both drawn per video): the **actor** and a **distractor**. The distractor glides at
+Every video shows, on a textured background that drifts (a camera pan), two identical bright
+discs (the same in every video): the **actor** and a **distractor**. The distractor glides at
 constant speed and bounces off the borders for the whole video. The actor rests (drifting
 slowly) except during action instances, where it performs its class's pattern:
 
@@ -19,8 +19,9 @@ class         pattern during an instance (period and amplitude vary)
 ``orbit_ccw`` circular motion (counter-clockwise)
 ============  ==========================================================
 
-Shape and colour are the same for all classes of a video, so a classifier has to look at motion,
-and the action boundaries are where the actor starts and stops moving. Instance count (1-4),
+Appearance is the same for all classes and videos, so a classifier has to look at motion (and
+cannot memorise a video's look, which matters with a few dozen training videos), and the action
+boundaries are where the actor starts and stops moving. Instance count (1-4),
 total coverage (5-80 % of the video) and video length are drawn per video.
 
 Files written under ``root``::
@@ -66,7 +67,7 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_CLASSES: tuple[str, ...] = ("swing_h", "swing_v", "orbit", "pulse", "hop", "orbit_ccw")
 
 #: Bumped whenever the rendering changes, so cached sets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _ANNOTATION_FILE = "annotations.json"
 _VIDEO_DIR = "videos"
@@ -340,7 +341,7 @@ def render_video(
 
     # Background: three coloured gratings panning together (a moving camera).
     pan = rng.uniform(-0.25, 0.25, size=2) * (size / 48)
-    base = rng.uniform(0.25, 0.55, size=3)
+    base = rng.uniform(0.25, 0.4) + rng.uniform(-0.05, 0.05, size=3)
     frames = np.broadcast_to(base, (num_frames, size, size, 3)).copy()
     for _ in range(3):
         wavelength = rng.uniform(0.15, 0.4) * s
@@ -349,14 +350,13 @@ def render_video(
         phase = (
             f[0] * xx[None] + f[1] * yy[None] - (f @ pan) * t[:, None, None] + rng.uniform(0, 6.3)
         )
-        gain = rng.uniform(0.015, 0.05, size=3)
+        gain = rng.uniform(0.01, 0.04, size=3)
         frames += np.sin(phase)[..., None] * gain
 
-    # One colour and shape for both the actor and the distractor; only motion tells them apart.
-    colour = rng.uniform(0.0, 1.0, size=3)
-    colour[int(rng.integers(3))] = 1.0 if base.mean() < 0.4 else 0.0
-    square = bool(rng.integers(2))
-    r0 = rng.uniform(0.11, 0.14) * s
+    # One bright shape for every video and class, on a dull background: the shapes are easy to
+    # see, and neither appearance nor the look-alike distractor tells the class.
+    colour = np.array([1.0, 0.9, 0.2])
+    r0 = rng.uniform(0.12, 0.15) * s
 
     # Distractor: constant velocity, bouncing off the borders, for the whole video.
     speed = rng.uniform(0.2, 0.5) * (size / 48)
@@ -368,7 +368,8 @@ def render_video(
     lo, hi = 0.3 * s, 0.7 * s
     drift = rng.uniform(0.02, 0.08, size=2) * rng.choice([-1, 1], size=2) * (size / 48)
     ax = _reflect(rng.uniform(lo, hi) + drift[0] * t, lo, hi)
-    ay = _reflect(rng.uniform(lo, hi) + drift[1] * t, lo, hi)
+    # Rest lower in the frame: the orbit and the hop go up from the rest position.
+    ay = _reflect(rng.uniform(lo + 0.05 * s, hi) + drift[1] * t, lo + 0.05 * s, hi)
     radius = np.full(num_frames, r0)
     instances: list[tuple[int, int, int]] = []
     for start, end in _segments(rng, num_frames, fps):
@@ -399,7 +400,7 @@ def render_video(
     for cx, cy, rad in ((dx, dy, np.full(num_frames, r0)), (ax, ay, radius)):
         ddx = np.abs(xx[None] - cx[:, None, None])
         ddy = np.abs(yy[None] - cy[:, None, None])
-        dist = np.maximum(ddx, ddy) if square else np.sqrt(ddx**2 + ddy**2)
+        dist = np.sqrt(ddx**2 + ddy**2)
         alpha = np.clip(rad[:, None, None] + 0.5 - dist, 0.0, 1.0)[..., None]
         frames = frames * (1 - alpha) + colour * alpha
     out = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
