@@ -148,6 +148,16 @@ def test_problems_are_skipped_and_counted(broken, caplog):
     assert "skipped 3 of 4 videos" in caplog.text
 
 
+def test_unreadable_video_is_an_error_or_skipped(broken):
+    make, classes = broken
+    anno, root = make()
+    (root / "v_synth_0003.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError):
+        ActivityNetDataset(anno, root, classes=classes, **KW)
+    ds = ActivityNetDataset(anno, root, classes=classes, on_error="skip", **KW)
+    assert len(ds) == 3 and ds.skipped == {"unreadable": 1}
+
+
 def test_bad_options(synth):
     with pytest.raises(ValueError, match="mode"):
         ActivityNetDataset(synth, synthetic_video_dir(synth), mode="audio")  # type: ignore[arg-type]

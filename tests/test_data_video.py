@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,8 @@ def test_video_source_is_lazy_shaped_and_repeatable(video):
     assert src.get_snippets(torch.tensor([], dtype=torch.long)).shape == (0, 3, 4, 16, 16)
     with pytest.raises(IndexError):
         src.get_snippets(torch.tensor([16]))
+    clone = pickle.loads(pickle.dumps(src))  # DataLoader workers receive sources by pickle
+    assert torch.equal(clone.get_snippets(torch.tensor([3])), x[:1])
     window = SliceSource(src, 3, 10)
     assert len(window) == 7 and torch.equal(window.get_snippets(torch.tensor([0]))[0], x[0])
 

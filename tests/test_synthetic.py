@@ -105,3 +105,12 @@ def test_actor_moves_during_actions_more_than_outside(tmp_path):
 def test_bad_config_is_rejected(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate_synthetic_dataset(tmp_path, **{**SMALL, **kwargs})
+
+
+@pytest.mark.parametrize("module", ["annotations", "snippets", "dataset", "synthetic", "windows"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"sgs_tad.data.{module}"))
+    assert result.attempted > 0 and result.failed == 0

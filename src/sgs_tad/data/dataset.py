@@ -1,14 +1,17 @@
 """The ActivityNet-format data set: one item per video, with a lazy snippet source.
 
 Example:
+    >>> import tempfile, torch
     >>> from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset
-    >>> ann = generate_synthetic_dataset("/tmp/synth")  # doctest: +SKIP
-    >>> ds = ActivityNetDataset(ann, "/tmp/synth/videos", subset="training",
-    ...                         num_snippets=32, snippet_length=4, size=32,
-    ...                         training=True)  # doctest: +SKIP
-    >>> sample = ds[0]  # doctest: +SKIP
-    >>> sample.source.get_snippets(torch.tensor([0, 5])).shape  # doctest: +SKIP
-    torch.Size([2, 3, 4, 32, 32])
+    >>> ann = generate_synthetic_dataset(tempfile.mkdtemp(), num_videos=2, min_duration=2.0,
+    ...                                  max_duration=2.0, size=32, val_fraction=0.0)
+    >>> ds = ActivityNetDataset(ann, ann.parent / "videos", subset="training",
+    ...                         num_snippets=16, snippet_length=4, size=24, training=True)
+    >>> sample = ds[0]
+    >>> sample.source.get_snippets(torch.tensor([0, 5])).shape
+    torch.Size([2, 3, 4, 24, 24])
+    >>> sample.segments.shape[1], sample.video_id
+    (2, 'synth_0000')
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..sources import TensorSource
+from ..sources import SnippetSource, TensorSource
 from .annotations import AnnotationSet, VideoAnnotation, load_annotations
 from .snippets import (
     IMAGENET_MEAN,
@@ -58,7 +61,7 @@ class VideoSample:
         features: ``[N, C]`` in features mode, else ``None``.
     """
 
-    source: Any
+    source: SnippetSource
     segments: torch.Tensor
     labels: torch.Tensor
     video_id: str
@@ -73,7 +76,7 @@ class VideoSample:
 class VideoBatch:
     """What :func:`collate_samples` makes of a list of samples (videos stay a list)."""
 
-    sources: list[Any]
+    sources: list[SnippetSource]
     segments: list[torch.Tensor]
     labels: list[torch.Tensor]
     video_ids: list[str]
@@ -189,7 +192,7 @@ class ActivityNetDataset(Dataset):
         for video in ann.videos:
             try:
                 kept.append((video, self._probe(video)))
-            except (FileNotFoundError, ValueError) as err:
+            except (OSError, ValueError) as err:  # PyAV's errors derive from these
                 if on_error == "raise":
                     raise
                 skipped[getattr(err, "reason", "unreadable")] += 1

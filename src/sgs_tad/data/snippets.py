@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..sources import SnippetSource
 from .video import decode_video_frames, list_frame_files, read_frame_files
 
 __all__ = [
@@ -233,8 +234,8 @@ class MediaSnippetSource:
 class SliceSource:
     """Snippets ``start:stop`` of any snippet source (a sliding window over a long video)."""
 
-    def __init__(self, source: object, start: int, stop: int) -> None:
-        n = len(source)  # type: ignore[arg-type]
+    def __init__(self, source: SnippetSource, start: int, stop: int) -> None:
+        n = len(source)
         if not 0 <= start < stop <= n:
             raise ValueError(f"need 0 <= start < stop <= {n}; got start={start}, stop={stop}.")
         self.source = source
@@ -248,4 +249,4 @@ class SliceSource:
         indices = torch.as_tensor(indices).long()
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
             raise IndexError(f"snippet indices must be in [0, {len(self)}).")
-        return self.source.get_snippets(indices + self.start)  # type: ignore[attr-defined]
+        return self.source.get_snippets(indices + self.start)

@@ -36,8 +36,13 @@ videos are present, nothing is written.
 
 Example:
     >>> import tempfile
+    >>> from sgs_tad.data import load_annotations
     >>> path = generate_synthetic_dataset(tempfile.mkdtemp(), num_videos=2, min_duration=2.0,
-    ...                                   max_duration=2.0)  # doctest: +SKIP
+    ...                                   max_duration=2.0, size=32)
+    >>> sorted(p.name for p in synthetic_video_dir(path).iterdir())
+    ['v_synth_0000.mp4', 'v_synth_0001.mp4']
+    >>> [v.subset for v in load_annotations(path).videos]
+    ['training', 'training']
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ and memory holds only the frames of the current request.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,8 +165,10 @@ def decode_video_frames(
 
     Returns:
         ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB), in the order asked. A frame
-        index beyond the end of the stream is served by the last decoded frame (containers
-        sometimes overstate the frame count by one).
+        that is never decoded (beyond the end of the stream, or skipped by the timestamps of a
+        variable-frame-rate video) is served by the nearest earlier decoded frame. Frame
+        indices come from timestamps at the stream's average rate: re-encode variable-frame-
+        rate videos to a constant rate for exact indexing.
     """
     av = _require("av")
     wanted = sorted(set(int(i) for i in frame_indices))
@@ -210,10 +213,14 @@ def decode_video_frames(
                 f"could not decode frames {missing[:5]} of {str(path)!r}: the stream ended "
                 "before them; the video is shorter than its container says."
             )
-        last_frame = got[max(got)]
-        logger.debug("%s: %d frame(s) past the end served by the last one", path, len(missing))
+        # A gap: past the end (containers sometimes overstate the frame count by one) or a
+        # timestamp that rounds onto a neighbour (variable frame rate). Serve the nearest
+        # earlier decoded frame, else the nearest later one.
+        have = sorted(got)
         for i in missing:
-            got[i] = last_frame
+            k = bisect.bisect_right(have, i)
+            got[i] = got[have[k - 1]] if k > 0 else got[have[0]]
+        logger.debug("%s: %d frame(s) served by a neighbour", path, len(missing))
     return np.stack([got[int(i)] for i in frame_indices])
 
 
