@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
-from sgs_tad.samplers import KDPPSampler, RandomSampler, make_sampler, sample_kdpp
+from sgs_tad.samplers import KDPPSampler, RandomSampler, make_sampler, projection_dpp, sample_kdpp
 from sgs_tad.samplers import kdpp as kdpp_module
 
 ALPHA = 1e-3  # fixed seeds: each test is deterministic; a wrong sampler fails by a wide margin
@@ -95,9 +95,9 @@ def test_blocked_projection_algorithm_is_exact(monkeypatch: pytest.MonkeyPatch) 
     """The large-k algorithm, forced with a tiny block so that it refreshes mid-sample."""
 
     def blocked(y, generator):  # type: ignore[no-untyped-def]
-        return kdpp_module._projection_dpp_blocked(y, generator, block=2)
+        return projection_dpp._projection_dpp_blocked(y, generator, block=2)
 
-    monkeypatch.setattr(kdpp_module, "_sample_projection_dpp", blocked)
+    monkeypatch.setattr(kdpp_module, "sample_projection_dpp", blocked)
     x = _features(8, 3, seed=5)
     probs = _exact_subset_probs(_kernel(x, 0.1), 5)
     g = torch.Generator().manual_seed(1)

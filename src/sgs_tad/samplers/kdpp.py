@@ -9,8 +9,9 @@ features as in Alg. 2) and ``ε = 1e-2``.
 The ``native`` backend is exact and exploits ``C ≪ N``:
 
 1. *Spectrum without an N×N eigendecomposition.* The eigenpairs of ``X̂ X̂ᵀ`` with nonzero
-   eigenvalue come from the ``C×C`` matrix ``X̂ᵀ X̂ = V Λ Vᵀ``: ``U = X̂ V Λ^{-1/2}`` (then
-   re-orthonormalised). ``L`` has eigenvalues ``λ_j + ε`` on ``U``'s ``r`` columns and ``ε``,
+   eigenvalue come from the ``C×C`` matrix ``X̂ᵀ X̂ = V Λ Vᵀ``: ``U = X̂ V Λ^{-1/2}``
+   (re-orthonormalised when the spectrum is ill-conditioned; the ``N×N`` matrix is used
+   directly when ``N <= C``). ``L`` has eigenvalues ``λ_j + ε`` on ``U``'s ``r`` columns and ``ε``,
    ``N - r`` times, on their orthogonal complement.
 2. *Which eigenvectors (Kulesza & Taskar, Alg. 8).* The number ``m`` of null-space
    eigenvectors has ``P(m) ∝ e_{k-m}(λ + ε) · C(N - r, m) · ε^m``; the ``k - m`` others are
@@ -27,8 +28,10 @@ The ``native`` backend is exact and exploits ``C ≪ N``:
    exact rejection against the stale residuals, which only ever decrease; a refresh happens
    when the acceptance rate could fall below ½.
 
-Cost: ``O(N C² + N k²)`` flops, mostly matrix products; about 0.1–0.3 s at ``N = 8,256``,
-``C = 256``, ``k = 495`` on a 2-core CPU. All arithmetic is float64.
+Cost: ``O(N C² + N k²)`` flops, mostly matrix products; about 0.45 s single-threaded at
+``N = 8,256``, ``C = 256``, ``k = 495`` (docs/benchmarks_samplers.md). Everything that
+decides the sample is computed in float64; float32 is used only for upper bounds of a
+rejection step, with a margin that covers its rounding.
 
 The ``dppy`` backend (``pip install "sgs_tad[dpp]"``) is the paper's: ``FiniteDPP`` on the
 dense ``N×N`` kernel. It is O(N³) and, with dppy 0.3.3, its elementary symmetric polynomials
@@ -52,6 +55,7 @@ from typing import Literal
 import torch
 
 from .base import check_features, check_request, random_seed
+from .projection_dpp import sample_projection_dpp
 
 __all__ = ["KDPPSampler", "kdpp_spectrum", "log_elementary_symmetric", "sample_kdpp"]
 
@@ -164,142 +168,6 @@ def _select_spectrum(
     return chosen, num_null
 
 
-class _Uniforms:
-    """Uniform [0, 1) float64 draws from a generator, fetched in blocks (one call per block)."""
-
-    def __init__(self, generator: torch.Generator | None, block: int) -> None:
-        self.generator = generator
-        self.block = max(block, 16)
-        self.values: list[float] = []
-
-    def pair(self) -> tuple[float, float]:
-        if len(self.values) < 2:
-            draw = torch.rand(self.block, generator=self.generator, dtype=torch.float64)
-            self.values = draw.tolist()[::-1]
-        return self.values.pop(), self.values.pop()
-
-
-def _sample_projection_dpp(y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Exact sample of the projection DPP with kernel ``Y Yᵀ`` (``Y`` ``[N, k]`` orthonormal).
-
-    Both algorithms below are exact; the first is faster while the ``k×k`` basis fits in
-    cache, the second scales to large ``k`` (``N k²`` flops, all in matrix products).
-    """
-    if y.shape[1] <= 1024:
-        return _projection_dpp_stale_bound(y, generator)
-    return _projection_dpp_blocked(y, generator)
-
-
-def _projection_dpp_stale_bound(
-    y: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Projection DPP by the chain rule with float32 upper bounds and float64 acceptance.
-
-    After choosing rows ``S``, row ``i`` comes next with probability proportional to
-    ``r_i = ||y_i||² - ||B y_i||²`` (``B``: orthonormal basis of the chosen rows' span); the
-    ``r_i`` sum to ``k - |S|``. Proposals come from stale weights ``w_i >= r_i`` (residuals at
-    the last refresh, computed in float32, plus a margin that bounds float32's error) and are
-    accepted with probability ``r_i / w_i``, ``r_i`` computed in float64 against the whole
-    basis: an exact rejection sampler. A refresh (one float32 matrix product over the rows)
-    happens when the acceptance rate could drop below one half.
-    """
-    num_items, k = y.shape
-    y32 = y.float()
-    sq_norms = (y * y).sum(1)
-    # the float32 error of sum_t (y.b_t)^2 is below 2 * sqrt(k) * k * 2^-24 (Cauchy-Schwarz
-    # over the basis); the margin keeps the stale weights upper bounds of the true residuals
-    margin = 4.0 * math.sqrt(k) * k * 2.0**-24
-    snap = sq_norms.clone()
-    weights = snap + margin
-    cum = weights.cumsum(0)
-    basis = y.new_zeros(k, k)  # row t: t-th orthonormal direction of the chosen rows' span
-    pending_from = 0  # basis[pending_from:t] not yet subtracted from snap
-    chosen: list[int] = []
-    uniforms = _Uniforms(generator, 4 * k)
-    for t in range(k):
-        if float(cum[-1]) > 2.0 * (k - t) + num_items * margin:
-            proj = y32 @ basis[pending_from:t].T.float()
-            snap = snap - (proj.double() ** 2).sum(1)
-            snap[chosen] = 0.0
-            weights = snap.clamp(min=0.0) + margin
-            cum = weights.cumsum(0)
-            pending_from = t
-        total = float(cum[-1])
-        while True:
-            u_pick, u_accept = uniforms.pair()
-            i = min(int(torch.searchsorted(cum, u_pick * total, right=True)), num_items - 1)
-            row = y[i]
-            coef = basis[:t] @ row
-            exact = float(sq_norms[i]) - float(coef @ coef)
-            # a row (numerically) inside the span has no residual direction left
-            if exact > 1e-12 and u_accept * float(weights[i]) < exact:
-                break
-        resid = row - basis[:t].T @ coef
-        if exact < 0.5 * float(sq_norms[i]):
-            # cancellation lost digits: orthogonalise once more ("twice is enough")
-            resid = resid - basis[:t].T @ (basis[:t] @ resid)
-        basis[t] = resid / resid.norm()
-        chosen.append(i)
-    return torch.tensor(sorted(chosen), dtype=torch.long)
-
-
-def _projection_dpp_blocked(
-    y: torch.Tensor, generator: torch.Generator | None, *, block: int = 256
-) -> torch.Tensor:
-    """Projection DPP by the chain rule, projecting chosen directions out in blocks.
-
-    Chain rule: after choosing rows ``S``, row ``i`` comes next with probability proportional
-    to its squared residual ``r_i`` after projecting out the span of the chosen rows; the
-    ``r_i`` sum to ``k - |S|``.
-
-    Done in blocks: at each refresh the directions chosen so far are projected out of every
-    row (two matrix products), so that in between ``r_i`` is the row's squared norm minus
-    its projection on the few directions chosen since (the *pending* block). Proposals are
-    drawn from the residuals at the last refresh, which only ever shrink, and accepted with
-    probability ``r_i / r_i(refresh)``: an exact rejection sampler. A refresh happens every
-    ``block`` choices, or sooner when the acceptance rate could fall below one half. Cost
-    ``O(N k²)`` in matrix products plus ``O(k² · block)`` in the loop.
-    """
-    num_items, k = y.shape
-    coords = y.clone()
-    snap = (coords * coords).sum(1)  # residuals at the last refresh (exact then)
-    cum = snap.cumsum(0)
-    pending = y.new_zeros(block, k)  # new orthonormal directions, in current coordinates
-    num_pending = 0
-    chosen: list[int] = []
-    uniforms = _Uniforms(generator, 4 * k)
-    for t in range(k):
-        if num_pending == block or (num_pending and float(cum[-1]) > 2.0 * (k - t)):
-            # project the pending directions out of every row: two matrix products
-            active = pending[:num_pending]
-            coords = coords - (coords @ active.T) @ active
-            snap = (coords * coords).sum(1)
-            snap[chosen] = 0.0  # their residual is rounding noise
-            cum = snap.cumsum(0)
-            pending.zero_()
-            num_pending = 0
-        total = float(cum[-1])
-        active = pending[:num_pending]
-        while True:
-            u_pick, u_accept = uniforms.pair()
-            i = min(int(torch.searchsorted(cum, u_pick * total, right=True)), num_items - 1)
-            row = coords[i]
-            coef = active @ row
-            bound = float(snap[i])
-            exact = bound - float(coef @ coef)
-            # a row (numerically) inside the chosen span has no direction left to add
-            if exact > 1e-12 and u_accept * bound < exact:
-                break
-        resid = row - active.T @ coef
-        if exact < 0.5 * bound:
-            # cancellation lost digits: orthogonalise once more ("twice is enough")
-            resid = resid - active.T @ (active @ resid)
-        pending[num_pending] = resid / resid.norm()
-        num_pending += 1
-        chosen.append(i)
-    return torch.tensor(sorted(chosen), dtype=torch.long)
-
-
 def _complement_basis(
     q: torch.Tensor, dim: int, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -327,7 +195,7 @@ def _sample_native(
     parts = [q[:, sorted(chosen)]]
     if num_null:
         parts.append(_complement_basis(q, num_null, generator))
-    return _sample_projection_dpp(torch.cat(parts, dim=1), generator)
+    return sample_projection_dpp(torch.cat(parts, dim=1), generator)
 
 
 def _sample_dppy(
