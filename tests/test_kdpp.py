@@ -137,6 +137,20 @@ def test_inclusion_marginals_match_dense_eigendecomposition() -> None:
     assert float((z**2).sum()) < n + 6 * math.sqrt(2 * n)  # chi-square-like total
 
 
+def test_degenerate_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    # all-zero features: L = eps * I, every 3-subset equally likely
+    counts = torch.zeros(6)
+    for _ in range(600):
+        idx = sample_kdpp(torch.zeros(6, 4), 3, generator=g)
+        assert idx.unique().numel() == 3
+        counts[idx] += 1
+    assert torch.all((counts - 300).abs() < 60), counts
+    assert sample_kdpp(torch.randn(1, 4), 1, generator=g).tolist() == [0]
+    half = sample_kdpp(torch.randn(20, 4).half(), 5, generator=g)
+    assert half.numel() == 5 and half.unique().numel() == 5
+
+
 def test_diversity_never_picks_two_copies() -> None:
     x = torch.eye(4).repeat_interleave(3, dim=0)  # 4 groups of 3 identical items
     g = torch.Generator().manual_seed(0)

@@ -118,8 +118,8 @@ def kdpp_spectrum(
     lam_max = float(lam.max()) if lam.numel() else 0.0
     keep = lam > max(lam_max * 1e-10, 1e-300)
     lam, vec = lam[keep], vec[:, keep]
-    if primal:
-        return lam, vec
+    if primal or lam.numel() == 0:  # (all-zero features: L = eps I, no nonzero eigenpair)
+        return lam, vec if primal else x.new_zeros(x.shape[0], 0)
     u = (x @ vec) / lam.sqrt()
     # U = X V Λ^{-1/2} loses orthogonality like machine eps · λ_max / λ_min (about 1e-16 per
     # unit of condition number): restore it with one CholeskyQR pass when that could exceed
