@@ -127,7 +127,7 @@ class ProposalMap:
                 f"{tuple(values.shape)}."
             )
         out = values.new_full((self.max_duration, self.num_snippets, *values.shape[1:]), fill)
-        out[self.valid_mask] = values
+        out[self.valid_mask.to(values.device)] = values
         return out
 
     def from_map(self, dense: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ class ProposalMap:
     def mask_of(self, indices: torch.Tensor) -> torch.Tensor:
         """Bool map ``[D, T]`` that is ``True`` at the proposals ``indices`` (into ``[P]``)."""
         flat = torch.zeros(self.num_proposals, dtype=torch.bool)
-        flat[indices] = True
+        flat[indices.cpu()] = True
         return self.to_map(flat, fill=False)
 
 
@@ -157,7 +157,7 @@ def proposal_iou(pmap: ProposalMap, segments: torch.Tensor) -> torch.Tensor:
         ``[P, G]`` float IoU in ``[0, 1]`` (0 for a zero-length union).
     """
     segments = _check_segments(segments)
-    box = pmap.coords.to(segments.dtype)
+    box = pmap.coords.to(segments.device, segments.dtype)
     inter = (
         torch.minimum(box[:, None, 1], segments[None, :, 1])
         - torch.maximum(box[:, None, 0], segments[None, :, 0])
@@ -197,10 +197,11 @@ def proposal_descriptors(
     if mode not in ("mean", "mean_boundary"):
         raise ValueError(f"mode must be 'mean' or 'mean_boundary', got {mode!r}.")
     # prefix sums in float64: a long video's running sum loses digits in float32
-    prefix = torch.zeros(feats.shape[0] + 1, feats.shape[1], dtype=torch.float64)
+    prefix = feats.new_zeros(feats.shape[0] + 1, feats.shape[1], dtype=torch.float64)
     prefix[1:] = feats.double().cumsum(0)
     starts, ends = pmap.starts.to(feats.device), pmap.ends.to(feats.device)
-    mean = (prefix[ends + 1] - prefix[starts]) / pmap.durations.to(torch.float64)[:, None]
+    lengths = pmap.durations.to(feats.device, torch.float64)
+    mean = (prefix[ends + 1] - prefix[starts]) / lengths[:, None]
     mean = mean.to(feats.dtype)
     if mode == "mean":
         return mean
