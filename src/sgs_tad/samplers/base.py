@@ -5,7 +5,8 @@ proposals of a proposal map). It is called as::
 
     indices = sampler(num_items, num_samples, features=None, generator=None)
 
-and returns a sorted 1-D ``LongTensor`` of distinct indices in ``[0, num_items)``. Every random
+and returns a sorted 1-D ``LongTensor`` of distinct indices in ``[0, num_items)``, on the CPU
+(whatever the device of ``features``). Every random
 choice is drawn from ``generator`` (a :class:`torch.Generator`); with ``generator=None`` the
 sampler draws from torch's default generator, exactly like :func:`torch.randperm` does, so
 ``torch.manual_seed`` still makes a run reproducible. Given a generator, a sampler never touches
