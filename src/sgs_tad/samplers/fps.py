@@ -66,7 +66,7 @@ def _resolve_backend(backend: str) -> str:
         )
     if backend == "auto":
         # identical results either way; torch-cluster's C++ loop saves our per-point Python
-        # overhead (10-20 % at N <= 1024 on CPU) and a host sync per point on a GPU
+        # overhead (15-35 % of the time at N <= 1024 on CPU) and a host sync per point on a GPU
         return "torch_cluster" if has_torch_cluster() else "torch"
     if backend == "torch_cluster" and not has_torch_cluster():
         raise ImportError(
