@@ -6,12 +6,15 @@ named after its concept (``sgs_tad.samplers``, ``sgs_tad.proposals``, ``sgs_tad.
 
 from .norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
 from .phase import is_encoding, is_recomputing
+from .proposals import ProposalMap, sample_proposals
+from .samplers import make_sampler
 from .sgs import SequentializedGradientSampler
 from .sources import SnippetSource, TensorSource
 from .trainer import SGSTrainer
 
 __all__ = [
     "FrozenBatchNorm",
+    "ProposalMap",
     "SGSTrainer",
     "SequentializedGradientSampler",
     "SnippetSource",
@@ -20,6 +23,8 @@ __all__ = [
     "freeze_stages",
     "is_encoding",
     "is_recomputing",
+    "make_sampler",
+    "sample_proposals",
 ]
 
 __version__ = "0.1.0"

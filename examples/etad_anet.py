@@ -1,0 +1,438 @@
+"""Train ETAD end to end with SGS on ActivityNet-format data, evaluate it, and predict.
+
+With no arguments it generates (or reuses) the embedded synthetic data set, trains the small
+3D-CNN encoder and ETAD end to end with SGS (γ = 0.3, K = 4, APS 6 %), evaluates with the
+ActivityNet protocol and writes everything into ``--output-dir``::
+
+    python examples/etad_anet.py                            # train + evaluate
+    python examples/etad_anet.py --ratio 1.0 --epochs 4      # other settings
+    torchrun --nproc_per_node=2 examples/etad_anet.py        # DDP (gloo on CPU)
+    python examples/etad_anet.py predict VIDEO.mp4 --model outputs/etad_anet/model.pt
+
+Outputs: ``predictions.json`` (ActivityNet results format), ``metrics.json``,
+``predictions.png`` (detections against ground truth), ``metrics.jsonl`` and TensorBoard logs,
+``checkpoints/`` (``--resume`` continues from the newest one) and ``model.pt`` for ``predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from etad import ETAD, ETADConfig
+from etad.detections import to_detections
+from etad.plots import plot_predictions
+from sgs_tad import SequentializedGradientSampler, SGSTrainer
+from sgs_tad.callbacks import Callback
+from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
+from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
+from sgs_tad.data.video import probe_media
+from sgs_tad.encoders import build_encoder, freeze_encoder
+from sgs_tad.evaluation import evaluate_detection, format_results
+
+log = logging.getLogger("etad_anet")
+ENCODER_DEFAULTS = {"small3d": {}, "tsm_r50": {}, "r2plus1d_34": {}}
+
+
+class Detector(nn.Module):
+    """ETAD plus a video-level classifier whose scores label the class-agnostic proposals.
+
+    ActivityNet detectors take video-level class scores from a separate classifier and fuse
+    the top-2 classes with each proposal (App. A.4); here a linear head on the mean feature
+    plays that part and trains with the detector.
+    """
+
+    def __init__(self, config: ETADConfig, num_classes: int) -> None:
+        super().__init__()
+        self.etad = ETAD(config)
+        self.classifier = nn.Sequential(
+            nn.Linear(config.in_channels, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def class_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C]`` features -> ``[B, num_classes]`` logits."""
+        return self.classifier(feats.mean(1))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data/synthetic"),
+        help="videos (or features) folder; the synthetic set is written here",
+    )
+    data.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="ActivityNet annotation JSON (default: the synthetic set's)",
+    )
+    data.add_argument(
+        "--features",
+        type=Path,
+        default=None,
+        help="folder of pre-extracted .npy [T, C] features: frozen-encoder mode",
+    )
+    data.add_argument("--num-videos", type=int, default=48, help="synthetic set size")
+    data.add_argument("--num-snippets", type=int, default=32, help="T, snippets per video")
+    data.add_argument("--snippet-length", type=int, default=4, help="L, frames per snippet")
+    data.add_argument("--size", type=int, default=32, help="frame size after cropping")
+    model = p.add_argument_group("model")
+    model.add_argument("--encoder", default="small3d", choices=sorted(ENCODER_DEFAULTS))
+    model.add_argument("--weights", type=Path, default=None, help="local encoder checkpoint")
+    model.add_argument(
+        "--frozen-stages",
+        type=int,
+        default=None,
+        help="encoder stages frozen (default: 2 for tsm/r2plus1d, -1 small3d)",
+    )
+    sgs = p.add_argument_group("SGS and APS")
+    sgs.add_argument("--ratio", type=float, default=0.3, help="γ, snippet gradient ratio")
+    sgs.add_argument("--micro-batch-size", type=int, default=4, help="K")
+    sgs.add_argument("--snippet-sampler", default="random")
+    sgs.add_argument("--proposal-sampler", default="random")
+    sgs.add_argument("--aps-ratio", type=float, default=0.06)
+    sgs.add_argument(
+        "--naive",
+        action="store_true",
+        help="plain end-to-end backprop (all snippets in one graph), for comparison",
+    )
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument(
+        "--encoder-lr",
+        type=float,
+        default=None,
+        help="default 1e-3 for the from-scratch small3d, 1e-6 for pretrained",
+    )
+    train.add_argument("--detector-lr", type=float, default=2e-3)
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--output-dir", type=Path, default=Path("outputs/etad_anet"))
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.features is not None and args.annotations is None:
+        p.error("--features needs --annotations (the annotation JSON of those videos)")
+    if args.naive and args.features is not None:
+        p.error("--naive trains the encoder; it makes no sense with --features")
+    return args
+
+
+# ----------------------------------------------------------------------------------- setup
+
+
+def setup_distributed(device: str) -> tuple[int, int]:
+    """Join the process group when started by torchrun; single-process runs need none."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
+    """(annotation file, media root, mode); rank 0 generates the synthetic set if needed."""
+    if args.features is not None:
+        return args.annotations, args.features, "features"
+    if args.annotations is not None:
+        return args.annotations, args.data_root, "video"
+    if rank == 0:
+        log.info("synthetic data set: %s (%d videos)", args.data_root, args.num_videos)
+        generate_synthetic_dataset(args.data_root, num_videos=args.num_videos, seed=args.seed)
+    if dist.is_initialized():
+        dist.barrier()
+    ann = args.data_root / "annotations.json"
+    return ann, synthetic_video_dir(ann), "video"
+
+
+def build_models(args: argparse.Namespace, in_channels: int | None, num_classes: int):
+    if in_channels is not None:  # features mode: the "encoder" is the identity, frozen
+        encoder: nn.Module = nn.Identity()
+        channels = in_channels
+    else:
+        opts = ENCODER_DEFAULTS[args.encoder]
+        encoder = build_encoder(args.encoder, weights=args.weights, **opts)
+        frozen = args.frozen_stages
+        if frozen is None:
+            frozen = -1 if args.encoder == "small3d" else 2
+        if args.encoder != "small3d" or frozen >= 0:
+            encoder = freeze_encoder(encoder, frozen_stages=frozen)
+        channels = encoder.out_channels
+    config = ETADConfig.small(
+        in_channels=channels,
+        temporal_scale=args.num_snippets,
+        max_duration=args.num_snippets,
+        aps_ratio=args.aps_ratio,
+        aps_strategy=args.proposal_sampler,
+    )
+    return encoder.to(args.device), Detector(config, num_classes).to(args.device)
+
+
+def collate(samples: list[Any]) -> dict[str, list[Any]]:
+    return {
+        "snippets": [s.source for s in samples],
+        "segments": [s.segments for s in samples],
+        "labels": [s.labels for s in samples],
+        "video_ids": [s.video_id for s in samples],
+        "durations": [s.duration for s in samples],
+    }
+
+
+class EpochSetter(Callback):
+    """Redraw the random crops every epoch (the data set's crops depend on its epoch)."""
+
+    def __init__(self, dataset: ActivityNetDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_start(self, trainer: SGSTrainer, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+def make_detector_step(detector: Detector, trainer_ref: list[SGSTrainer], seed: int):
+    """The trainer's detector step: ETAD losses with APS plus the video classifier's loss."""
+
+    def step(feats: torch.Tensor, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        # APS draws from a generator derived from (seed, step): reproducible, and a resumed
+        # run draws exactly what the uninterrupted one would have.
+        trainer = trainer_ref[0]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + trainer.step * 7919 + trainer.rank)
+        gts = [s.to(feats.device) for s in batch["segments"]]
+        losses = detector.etad(feats.transpose(1, 2).float(), gts, generator=gen)
+        labels = torch.stack([lab[0] for lab in batch["labels"]]).to(feats.device)
+        cls = nn.functional.cross_entropy(detector.class_logits(feats.float()), labels)
+        return {**losses, "cls_loss": cls, "loss": losses["loss"] + cls}
+
+    return step
+
+
+class NaiveEndToEnd:
+    """Stands in for the SGS engine in the trainer: every snippet of the batch in one graph.
+
+    This is the plain end-to-end training that SGS replaces, kept for the memory and accuracy
+    comparison (``--naive``). ``ratio = 0`` tells the trainer that no phase 3 follows: the
+    encoder receives its gradient through the graph of ``encode``'s output.
+    """
+
+    ratio = 0.0
+
+    def __init__(self, encoder: nn.Module, device: str) -> None:
+        self.encoder, self.device = encoder, device
+
+    def encode(self, sources: list[Any]) -> torch.Tensor:
+        clips = [s.get_snippets(torch.arange(len(s))).to(self.device) for s in sources]
+        return torch.stack([self.encoder(c) for c in clips])  # needs equal N: fixed T here
+
+    def backward(self, sources: list[Any], feats: torch.Tensor) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+# -------------------------------------------------------------------------------- evaluate
+
+
+@torch.no_grad()
+def predict_videos(
+    encoder: nn.Module, detector: Detector, sources: list[Any], k: int, device: str
+) -> tuple[list[Any], torch.Tensor]:
+    encoder.eval()
+    detector.eval()
+    feats = SequentializedGradientSampler(encoder, micro_batch_size=k, ratio=0.0, device=device)
+    f = feats.encode(sources).detach().float()
+    preds = detector.etad.predict(f.transpose(1, 2))
+    probs = detector.class_logits(f).softmax(-1)
+    return preds, probs
+
+
+def evaluate(args, encoder, detector, dataset, ann: Path, classes: list[str]) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {}
+    for start in range(0, len(dataset), args.batch_size):
+        samples = [dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))]
+        preds, probs = predict_videos(
+            encoder, detector, [s.source for s in samples], args.micro_batch_size, args.device
+        )
+        for s, pred, prob in zip(samples, preds, probs):
+            results[s.video_id] = to_detections(
+                pred, duration=s.duration, class_scores=prob.cpu(), class_names=classes
+            )
+    predictions = format_results(results)
+    metrics = evaluate_detection(ann, predictions, subset="validation")
+    return {"predictions": predictions, "result": metrics}
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    rank, world = setup_distributed(args.device)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    ann, root, mode = prepare_data(args, rank)
+    common = dict(mode=mode, num_snippets=args.num_snippets, snippet_length=args.snippet_length,
+                  size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
+    train_set = ActivityNetDataset(ann, root, subset="training", training=True, seed=args.seed,
+                                   **common)  # fmt: skip
+    val_set = ActivityNetDataset(ann, root, subset="validation", classes=train_set.classes,
+                                 **common)  # fmt: skip
+    in_channels = None
+    if mode == "features":
+        in_channels = int(train_set[0].features.shape[1])
+    encoder, detector = build_models(args, in_channels, len(train_set.classes))
+    ratio = 0.0 if mode == "features" else args.ratio
+    encoder_lr = args.encoder_lr
+    if encoder_lr is None:
+        encoder_lr = 1e-3 if args.encoder == "small3d" and args.weights is None else 1e-6
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    trainer_ref: list[SGSTrainer] = []
+    trainer = SGSTrainer(
+        encoder,
+        detector,
+        detector_step=make_detector_step(detector, trainer_ref, args.seed),
+        loss_key="loss",
+        micro_batch_size=args.micro_batch_size,
+        ratio=ratio,
+        sampler=args.snippet_sampler,
+        sgs_options={"device": args.device},
+        encoder_lr=encoder_lr,
+        detector_lr=args.detector_lr,
+        lr_milestones=(max(1, round(args.epochs * 5 / 6)),),
+        max_grad_norm=5.0,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_dir=out / "checkpoints",
+        log_dir=out,
+        tensorboard=True,
+        progress=not args.no_progress,
+        log_every=1,
+        callbacks=[EpochSetter(train_set)],
+    )
+    trainer_ref.append(trainer)
+    if args.naive:
+        trainer.sgs = NaiveEndToEnd(encoder, args.device)  # type: ignore[assignment]
+    t_train = time.perf_counter()
+    trainer.fit(train_set, epochs=args.epochs, batch_size=args.batch_size, collate_fn=collate,
+                resume=args.resume)  # fmt: skip
+    train_time = time.perf_counter() - t_train
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        ev = evaluate(args, encoder, detector, val_set, ann, list(train_set.classes))
+        res = ev["result"]
+        (out / "predictions.json").write_text(json.dumps(ev["predictions"]))
+        torch.save(
+            {"encoder": encoder.state_dict(), "detector": detector.state_dict(),
+             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+             "classes": list(train_set.classes), "in_channels": in_channels},
+            out / "model.pt",
+        )  # fmt: skip
+        m = {str(k): v for k, v in res.mAP.items()}
+        summary = {
+            "mAP@0.5": res.mAP[0.5],
+            "mAP@0.75": res.mAP[0.75],
+            "mAP@0.95": res.mAP[0.95],
+            "average_mAP": res.average_mAP,
+            "mAP": m,
+            "peak_memory_mb": peak_memory_mb(args.device),
+            "train_time_s": train_time,
+            "total_time_s": time.perf_counter() - t0,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "world_size": world,
+        }
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        try:
+            plot_predictions(val_set, ev["predictions"], out / "predictions.png", num_videos=4)
+        except ImportError as err:
+            log.warning("no plot: %s (pip install 'sgs_tad[plot]')", err)
+        print(
+            f"mAP@0.5 {100 * res.mAP[0.5]:.2f}  mAP@0.75 {100 * res.mAP[0.75]:.2f}  "
+            f"mAP@0.95 {100 * res.mAP[0.95]:.2f}  average {100 * res.average_mAP:.2f}\n"
+            f"peak memory {summary['peak_memory_mb']:.0f} MB ({args.device}), training "
+            f"{train_time:.0f} s, total {summary['total_time_s']:.0f} s; outputs in {out}"
+        )
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+# --------------------------------------------------------------------------------- predict
+
+
+def predict(argv: list[str]) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(prog="etad_anet.py predict",
+                                description="Detect actions in one video file.")  # fmt: skip
+    p.add_argument("video", type=Path)
+    p.add_argument("--model", type=Path, default=Path("outputs/etad_anet/model.pt"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--top", type=int, default=10, help="segments printed")
+    a = p.parse_args(argv)
+    if not a.video.is_file():
+        p.error(f"no video file at {a.video}")
+    if not a.model.is_file():
+        p.error(f"no model at {a.model}: train first (python examples/etad_anet.py)")
+    state = torch.load(a.model, map_location="cpu", weights_only=True)
+    args = argparse.Namespace(**state["args"])
+    args.weights, args.device = None, a.device
+    encoder, detector = build_models(args, state["in_channels"], len(state["classes"]))
+    encoder.load_state_dict(state["encoder"])
+    detector.load_state_dict(state["detector"])
+    info = probe_media(a.video, "video")
+    size = (args.size, args.size)
+    source = MediaSnippetSource(
+        a.video,
+        snippet_frame_indices(info.num_frames, args.num_snippets, args.snippet_length),
+        kind="video",
+        crop=draw_crop((info.height, info.width), size, mode="center"),
+        size=size,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
+    duration = info.num_frames / info.fps
+    preds, probs = predict_videos(encoder, detector, [source], args.micro_batch_size, a.device)
+    dets = to_detections(preds[0], duration=duration, class_scores=probs[0],
+                         class_names=state["classes"])  # fmt: skip
+    for d in dets[: a.top]:
+        print(f"{d['segment'][0]:7.2f} s - {d['segment'][1]:7.2f} s  {d['label']:<12s} "
+              f"score {d['score']:.3f}")  # fmt: skip
+    return dets
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        predict(argv[1:])
+    else:
+        train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
