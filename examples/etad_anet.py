@@ -49,20 +49,21 @@ class Detector(nn.Module):
     """ETAD plus a video-level classifier whose scores label the class-agnostic proposals.
 
     ActivityNet detectors take video-level class scores from a separate classifier and fuse
-    the top-2 classes with each proposal (App. A.4); here a linear head on the mean feature
-    plays that part and trains with the detector.
+    the top-2 classes with each proposal (App. A.4); here a small head on the mean and the max
+    of the features over time plays that part and trains with the detector (the max keeps the
+    action's evidence when background snippets dominate the mean).
     """
 
     def __init__(self, config: ETADConfig, num_classes: int) -> None:
         super().__init__()
         self.etad = ETAD(config)
         self.classifier = nn.Sequential(
-            nn.Linear(config.in_channels, 128), nn.ReLU(), nn.Linear(128, num_classes)
+            nn.Linear(2 * config.in_channels, 128), nn.ReLU(), nn.Linear(128, num_classes)
         )
 
     def class_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """``[B, N, C]`` features -> ``[B, num_classes]`` logits."""
-        return self.classifier(feats.mean(1))
+        return self.classifier(torch.cat([feats.mean(1), feats.amax(1)], dim=-1))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -111,8 +112,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="plain end-to-end backprop (all snippets in one graph), for comparison",
     )
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--batch-size", type=int, default=1)
     train.add_argument(
         "--encoder-lr",
         type=float,
