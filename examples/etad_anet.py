@@ -45,6 +45,34 @@ log = logging.getLogger("etad_anet")
 ENCODER_DEFAULTS = {"small3d": {}, "tsm_r50": {}, "r2plus1d_34": {}}
 
 
+class FeatureStandardizer(nn.Module):
+    """Standardise features ``[B, N, C]`` per channel with running statistics.
+
+    Snippet features of a from-scratch encoder carry a large constant offset and small
+    differences between videos; standardising makes those differences visible to the heads.
+    Unlike BatchNorm it normalises with the running statistics in training too (updated
+    without grad), so a batch of one video is normalised exactly as at inference.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.05) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("var", torch.ones(channels))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                flat = feats.detach().float().reshape(-1, feats.shape[-1])
+                mean, var = flat.mean(0), flat.var(0, unbiased=False)
+                m = torch.where(self.initialised, torch.tensor(self.momentum), torch.tensor(1.0))
+                self.mean.lerp_(mean, m)
+                self.var.lerp_(var, m)
+                self.initialised.fill_(True)
+        return (feats - self.mean) * torch.rsqrt(self.var + 1e-5)
+
+
 class Detector(nn.Module):
     """ETAD plus a video-level classifier whose scores label the class-agnostic proposals.
 
@@ -56,6 +84,7 @@ class Detector(nn.Module):
 
     def __init__(self, config: ETADConfig, num_classes: int) -> None:
         super().__init__()
+        self.norm = FeatureStandardizer(config.in_channels)
         self.etad = ETAD(config)
         self.classifier = nn.Sequential(
             nn.Linear(2 * config.in_channels, 128), nn.ReLU(), nn.Linear(128, num_classes)
@@ -118,7 +147,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--encoder-lr",
         type=float,
         default=None,
-        help="default 1e-3 for the from-scratch small3d, 1e-6 for pretrained",
+        help="default 2e-4 for the from-scratch small3d, 1e-6 for pretrained",
     )
     train.add_argument("--detector-lr", type=float, default=2e-3)
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -215,9 +244,10 @@ def make_detector_step(detector: Detector, trainer_ref: list[SGSTrainer], seed: 
         trainer = trainer_ref[0]
         gen = torch.Generator().manual_seed(seed * 1_000_003 + trainer.step * 7919 + trainer.rank)
         gts = [s.to(feats.device) for s in batch["segments"]]
-        losses = detector.etad(feats.transpose(1, 2).float(), gts, generator=gen)
+        feats = detector.norm(feats.float())
+        losses = detector.etad(feats.transpose(1, 2), gts, generator=gen)
         labels = torch.stack([lab[0] for lab in batch["labels"]]).to(feats.device)
-        cls = nn.functional.cross_entropy(detector.class_logits(feats.float()), labels)
+        cls = nn.functional.cross_entropy(detector.class_logits(feats), labels)
         return {**losses, "cls_loss": cls, "loss": losses["loss"] + cls}
 
     return step
@@ -260,7 +290,7 @@ def predict_videos(
     encoder.eval()
     detector.eval()
     feats = SequentializedGradientSampler(encoder, micro_batch_size=k, ratio=0.0, device=device)
-    f = feats.encode(sources).detach().float()
+    f = detector.norm(feats.encode(sources).detach().float())
     preds = detector.etad.predict(f.transpose(1, 2))
     probs = detector.class_logits(f).softmax(-1)
     return preds, probs
@@ -311,7 +341,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ratio = 0.0 if mode == "features" else args.ratio
     encoder_lr = args.encoder_lr
     if encoder_lr is None:
-        encoder_lr = 1e-3 if args.encoder == "small3d" and args.weights is None else 1e-6
+        encoder_lr = 2e-4 if args.encoder == "small3d" and args.weights is None else 1e-6
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     trainer_ref: list[SGSTrainer] = []
