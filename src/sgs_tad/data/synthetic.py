@@ -72,7 +72,7 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_CLASSES: tuple[str, ...] = ("swing_h", "swing_v", "orbit", "pulse", "hop", "orbit_ccw")
 
 #: Bumped whenever the rendering changes, so cached sets are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 _ANNOTATION_FILE = "annotations.json"
 _VIDEO_DIR = "videos"
@@ -133,7 +133,9 @@ def generate_synthetic_dataset(
             ids; the rest are ``"training"``. Classes are balanced within each subset.
         classes_per_video: ``"one"``: all instances of a video share a class (as in
             ActivityNet); ``"mixed"``: each instance draws its own class (as in THUMOS).
-        codec: PyAV encoder name; ``None`` tries ``libx264`` then ``mpeg4``.
+        codec: PyAV encoder name; ``None`` tries ``mpeg4`` then ``libx264``. MPEG-4 part 2
+            comes first because its output is byte-identical run to run; libx264 was not here
+            (about one file in twenty differed between identical runs, even single-threaded).
 
     Returns:
         The path of ``annotations.json``; videos are in :func:`synthetic_video_dir` of it.
@@ -260,7 +262,7 @@ def _cached(ann_path: Path, cfg: SyntheticConfig) -> bool:
 def _pick_codec(codec: str | None) -> str:
     import av
 
-    candidates = [codec] if codec is not None else ["libx264", "mpeg4"]
+    candidates = [codec] if codec is not None else ["mpeg4", "libx264"]
     for name in candidates:
         try:
             av.codec.Codec(name, "w")
@@ -284,7 +286,17 @@ def _encode(path: Path, frames: np.ndarray, *, fps: int, codec: str) -> None:
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             # threads=1: byte-identical output for the same frames (and the box is shared).
-            stream.options = {"crf": "10", "preset": "veryfast", "g": str(fps), "threads": "1"}
+            stream.options = {
+                "crf": "10",
+                "preset": "veryfast",
+                "g": str(fps),
+                "threads": "1",
+                # The "threads" option alone still left x264's lookahead threaded here (one
+                # file in a few differed between identical runs); x264-params pins both.
+                "x264-params": "threads=1:lookahead-threads=1",
+            }
+            stream.codec_context.thread_count = 1
+            stream.codec_context.thread_type = "NONE"
         else:
             stream.bit_rate = 4_000_000
             stream.options = {"g": str(fps)}
