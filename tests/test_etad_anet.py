@@ -79,3 +79,23 @@ def test_predict_rejects_a_missing_file(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2 and "no video file" in proc.stderr
+
+
+def test_features_mode_trains_the_detector_only(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    data, _ = trained
+    annotations = data / "annotations.json"
+    features = tmp_path / "features"
+    features.mkdir()
+    rng = np.random.default_rng(0)
+    for video_id in json.loads(annotations.read_text())["database"]:
+        np.save(features / f"v_{video_id}.npy", rng.standard_normal((20, 24)).astype("float32"))
+    out = tmp_path / "out"
+    run("--epochs", "1", "--features", features, "--annotations", annotations,
+        "--output-dir", out, *TINY)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["average_mAP"] <= 1.0
+    assert metrics["settings"]["features"] == str(features)
