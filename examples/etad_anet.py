@@ -38,11 +38,10 @@ from sgs_tad.callbacks import Callback
 from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
 from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
 from sgs_tad.data.video import probe_media
-from sgs_tad.encoders import build_encoder, freeze_encoder
+from sgs_tad.encoders import ENCODERS, build_encoder, freeze_encoder
 from sgs_tad.evaluation import evaluate_detection, format_results
 
 log = logging.getLogger("etad_anet")
-ENCODER_DEFAULTS = {"small3d": {}, "tsm_r50": {}, "r2plus1d_34": {}}
 
 
 class FeatureStandardizer(nn.Module):
@@ -121,7 +120,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     data.add_argument("--snippet-length", type=int, default=4, help="L, frames per snippet")
     data.add_argument("--size", type=int, default=32, help="frame size after cropping")
     model = p.add_argument_group("model")
-    model.add_argument("--encoder", default="small3d", choices=sorted(ENCODER_DEFAULTS))
+    model.add_argument("--encoder", default="small3d", choices=sorted(ENCODERS))
     model.add_argument("--weights", type=Path, default=None, help="local encoder checkpoint")
     model.add_argument(
         "--frozen-stages",
@@ -197,8 +196,7 @@ def build_models(args: argparse.Namespace, in_channels: int | None, num_classes:
         encoder: nn.Module = nn.Identity()
         channels = in_channels
     else:
-        opts = ENCODER_DEFAULTS[args.encoder]
-        encoder = build_encoder(args.encoder, weights=args.weights, **opts)
+        encoder = build_encoder(args.encoder, weights=args.weights)
         frozen = args.frozen_stages
         if frozen is None:
             frozen = -1 if args.encoder == "small3d" else 2
