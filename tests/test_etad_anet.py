@@ -99,3 +99,61 @@ def test_features_mode_trains_the_detector_only(
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["average_mAP"] <= 1.0
     assert metrics["settings"]["features"] == str(features)
+
+
+# ------------------------------------------------------------------ the class head, in process
+
+
+def _script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import etad_anet
+
+    return etad_anet
+
+
+def test_snippet_targets_label_the_snippets_whose_centre_an_instance_covers() -> None:
+    import torch
+
+    targets = _script().snippet_class_targets(
+        torch.tensor([[0.1, 0.3], [0.5, 0.9]]), torch.tensor([2, 1]), 10, background=4
+    )
+    # centres 0.05, 0.15, ..., 0.95: 0.15 and 0.25 in the first, 0.55-0.85 in the second
+    assert targets.tolist() == [4, 2, 2, 4, 4, 1, 1, 1, 1, 4]
+
+
+@pytest.mark.parametrize("head", ["snippet", "attention", "mean"])
+def test_class_heads_learn_a_toy_set_and_give_video_scores(head: str) -> None:
+    import torch
+
+    from etad import ETADConfig
+
+    torch.manual_seed(0)
+    etad_anet = _script()
+    config = ETADConfig.small(in_channels=8, temporal_scale=16, max_duration=16)
+    detector = etad_anet.Detector(config, num_classes=3, class_head=head)
+    # the class shows as a bump in channel `label` inside the instance
+    segments, labels, feats = [], [], []
+    for i in range(12):
+        label = i % 3
+        seg = torch.tensor([[0.25, 0.75]])
+        f = torch.randn(16, 8) * 0.1
+        f[4:12, label] += 2.0
+        segments.append(seg)
+        labels.append(torch.tensor([label]))
+        feats.append(f)
+    x = torch.stack(feats)
+    opt = torch.optim.Adam(detector.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss = detector.class_loss(x, segments, labels)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.3 * first
+    probs = detector.class_probs(x)
+    assert probs.shape == (12, 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(12))
+    assert probs.argmax(-1).tolist() == [i % 3 for i in range(12)]
+    with pytest.raises(ValueError, match="class_head"):
+        etad_anet.Detector(config, num_classes=3, class_head="max")

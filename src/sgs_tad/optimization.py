@@ -15,13 +15,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["default_optimizer", "default_scheduler", "trainable_parameters"]
+__all__ = [
+    "default_optimizer",
+    "default_scheduler",
+    "trainable_parameters",
+    "warmup_cosine_scheduler",
+]
 
 
 def trainable_parameters(*modules: nn.Module) -> list[nn.Parameter]:
@@ -81,3 +87,76 @@ def default_scheduler(
     (the 6th) at a tenth of it.
     """
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=gamma)
+
+
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    delay_steps: Mapping[str, int] | None = None,
+    final_factor: float = 0.01,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: cosine decay over the run, with a per-group hold at 0 and warm-up.
+
+    Every group follows one cosine from its base rate (step 0) to ``final_factor`` of it
+    (``total_steps``); a group with a delay stays at 0 for that many steps, then ramps
+    linearly onto the cosine over ``warmup_steps``.
+
+    A from-scratch (or far-from-the-task) encoder trained together with a fresh detector moves
+    the detector's input while the detector is still learning to read it; holding the encoder
+    (``delay_steps={"encoder": n}``) until the detector has settled, then warming it up, keeps
+    the two from chasing each other. Step it after every optimizer step
+    (``SGSTrainer(..., scheduler_interval="step")``).
+
+    Args:
+        optimizer: its groups may carry a ``"name"`` (as :func:`default_optimizer` sets).
+        total_steps: optimizer steps of the whole run; the cosine reaches ``final_factor``
+            there (and stays).
+        warmup_steps: linear warm-up length of every group, after its delay.
+        delay_steps: ``{group name: steps at learning rate 0}`` before that group's warm-up.
+        final_factor: the last learning rate as a fraction of the base one.
+
+    Example:
+        >>> from torch import nn
+        >>> opt = default_optimizer(nn.Linear(2, 2), nn.Linear(2, 1), encoder_lr=1.0,
+        ...                         detector_lr=1.0)
+        >>> sched = warmup_cosine_scheduler(opt, total_steps=10, warmup_steps=2,
+        ...                                 delay_steps={"encoder": 4})
+        >>> lrs = []
+        >>> for _ in range(10):
+        ...     lrs.append([round(g["lr"], 2) for g in opt.param_groups])
+        ...     opt.step(); sched.step()
+        >>> lrs[0], lrs[3], lrs[4], lrs[6], lrs[9]
+        ([0.0, 0.33], [0.0, 0.8], [0.22, 0.66], [0.35, 0.35], [0.03, 0.03])
+    """
+    delays = dict(delay_steps or {})
+    names = [g.get("name") for g in optimizer.param_groups]
+    unknown = sorted(set(delays) - {n for n in names if n is not None})
+    if unknown:
+        raise ValueError(
+            f"delay_steps names groups {unknown} that the optimizer does not have; its groups "
+            f"are {names}. Name groups with param_group['name']."
+        )
+    for what, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps),
+                        *((f"delay_steps[{k!r}]", v) for k, v in delays.items())):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{what} must be an int >= 0; got {value!r}.")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1; got {total_steps}.")
+    if not 0.0 <= final_factor <= 1.0:
+        raise ValueError(f"final_factor must be in [0, 1]; got {final_factor!r}.")
+
+    def factor(delay: int) -> Any:
+        def f(step: int) -> float:
+            if step < delay:
+                return 0.0
+            ramp = min(1.0, (step - delay + 1) / (warmup_steps + 1))
+            cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total_steps)))
+            return ramp * (final_factor + (1.0 - final_factor) * cosine)
+
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [factor(delays.get(n, 0) if n is not None else 0) for n in names]
+    )
