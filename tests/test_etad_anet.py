@@ -146,11 +146,11 @@ def test_class_heads_learn_a_toy_set_and_give_video_scores(head: str) -> None:
     first = None
     for _ in range(60):
         loss = detector.class_loss(x, segments, labels)
-        first = float(loss) if first is None else first
+        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.3 * first
+    assert loss.item() < 0.3 * first
     probs = detector.class_probs(x)
     assert probs.shape == (12, 3)
     assert torch.allclose(probs.sum(-1), torch.ones(12))
