@@ -193,7 +193,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="folder of pre-extracted .npy [T, C] features: frozen-encoder mode",
     )
-    data.add_argument("--num-videos", type=int, default=48, help="synthetic set size")
+    data.add_argument("--num-videos", type=int, default=96, help="synthetic set size")
+    data.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic set (--seed seeds the training only)",
+    )
     data.add_argument("--num-snippets", type=int, default=32, help="T, snippets per video")
     data.add_argument("--snippet-length", type=int, default=4, help="L, frames per snippet")
     data.add_argument("--size", type=int, default=32, help="frame size after cropping")
@@ -231,7 +237,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="plain end-to-end backprop (all snippets in one graph), for comparison",
     )
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=1)
     train.add_argument(
         "--encoder-lr",
@@ -288,7 +294,7 @@ def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
         return args.annotations, args.data_root, "video"
     if rank == 0:
         log.info("synthetic data set: %s (%d videos)", args.data_root, args.num_videos)
-        generate_synthetic_dataset(args.data_root, num_videos=args.num_videos, seed=args.seed)
+        generate_synthetic_dataset(args.data_root, num_videos=args.num_videos, seed=args.data_seed)
     if dist.is_initialized():
         dist.barrier()
     ann = args.data_root / "annotations.json"
