@@ -157,3 +157,19 @@ def test_class_heads_learn_a_toy_set_and_give_video_scores(head: str) -> None:
     assert probs.argmax(-1).tolist() == [i % 3 for i in range(12)]
     with pytest.raises(ValueError, match="class_head"):
         etad_anet.Detector(config, num_classes=3, class_head="max")
+
+
+@pytest.mark.ddp
+def test_torchrun_with_two_processes(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node=2 examples/etad_anet.py``: DDP (gloo) training, evaluation."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(SCRIPT),
+           "--epochs", "1", "--data-root", str(data), "--output-dir", str(out), *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert proc.stdout.count("mAP@0.5") == 1  # rank 0 alone evaluates and prints
+    # 6 training videos over 2 ranks with batch 2: 2 steps per epoch, not 3 (single process)
+    assert [p.name for p in (out / "checkpoints").glob("*.pt")] == ["checkpoint-000000002.pt"]
