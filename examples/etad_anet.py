@@ -17,7 +17,6 @@ Outputs: ``predictions.json`` (ActivityNet results format), ``metrics.json``,
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -374,12 +373,19 @@ def make_scheduler(args: argparse.Namespace, num_videos: int, world: int):
     delay = args.encoder_delay
     if delay is None:
         delay = 1.0 if args.encoder == "small3d" and args.weights is None else 0.0
-    return functools.partial(
-        warmup_cosine_scheduler,
-        total_steps=max(1, args.epochs * steps_per_epoch),
-        warmup_steps=steps_per_epoch,
-        delay_steps={"encoder": round(delay * steps_per_epoch)},
-    )
+
+    def factory(optimizer: torch.optim.Optimizer) -> Any:
+        # no encoder group when nothing in it trains (features mode, every stage frozen)
+        names = {group.get("name") for group in optimizer.param_groups}
+        delay_steps = {"encoder": round(delay * steps_per_epoch)} if "encoder" in names else {}
+        return warmup_cosine_scheduler(
+            optimizer,
+            total_steps=max(1, args.epochs * steps_per_epoch),
+            warmup_steps=steps_per_epoch,
+            delay_steps=delay_steps,
+        )
+
+    return factory
 
 
 class NaiveEndToEnd:
