@@ -8,6 +8,7 @@ ActivityNet protocol and writes everything into ``--output-dir``::
     python examples/etad_anet.py --ratio 1.0 --epochs 4      # other settings
     torchrun --nproc_per_node=2 examples/etad_anet.py        # DDP (gloo on CPU)
     python examples/etad_anet.py predict VIDEO.mp4 --model outputs/etad_anet/model.pt
+    python examples/etad_anet.py evaluate --model outputs/etad_anet/model.pt --subset training
 
 Outputs: ``predictions.json`` (ActivityNet results format), ``metrics.json``,
 ``predictions.png`` (detections against ground truth), ``metrics.jsonl`` and TensorBoard logs,
@@ -89,8 +90,8 @@ def snippet_class_targets(
     inside = (centres[:, None] >= segments[None, :, 0]) & (centres[:, None] < segments[None, :, 1])
     targets = torch.full((num_snippets,), background, dtype=torch.long, device=segments.device)
     covered = inside.any(1)
-    # overlapping instances: the first in the annotation wins
-    targets[covered] = labels.to(segments.device)[inside[covered].float().argmax(1)]
+    if covered.any():  # overlapping instances: the first in the annotation wins
+        targets[covered] = labels.to(segments.device)[inside[covered].float().argmax(1)]
     return targets
 
 
@@ -255,8 +256,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--encoder-delay",
         type=float,
         default=None,
-        help="epochs the encoder waits (lr 0) while the detector settles, then warms up over "
-        "one epoch (cosine schedule; default 1 for the from-scratch small3d, else 0)",
+        help="epochs the encoder waits (lr 0) while the detector settles; then it warms up over "
+        "one epoch, as every group does at the start (cosine schedule; default 1 for the "
+        "from-scratch small3d, else 0)",
     )
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--output-dir", type=Path, default=Path("outputs/etad_anet"))
@@ -268,6 +270,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--features needs --annotations (the annotation JSON of those videos)")
     if args.naive and args.features is not None:
         p.error("--naive trains the encoder; it makes no sense with --features")
+    for flag in ("batch_size", "epochs", "num_videos", "micro_batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+    delay = args.encoder_delay
+    if delay is not None:
+        if args.schedule != "cosine":
+            p.error(
+                f"--encoder-delay {delay} needs --schedule cosine (the step schedule has no "
+                "hold); drop one of them"
+            )
+        if not (math.isfinite(delay) and 0 <= delay < args.epochs):
+            p.error(
+                f"--encoder-delay must be a number of epochs in [0, --epochs = {args.epochs}); "
+                f"got {delay} (at --epochs or more the encoder would never train)"
+            )
     return args
 
 
@@ -285,19 +302,32 @@ def setup_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
-    """(annotation file, media root, mode); rank 0 generates the synthetic set if needed."""
+def data_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
+    """(annotation file, media root, mode) of the run's arguments."""
     if args.features is not None:
-        return args.annotations, args.features, "features"
+        return Path(args.annotations), Path(args.features), "features"
     if args.annotations is not None:
-        return args.annotations, args.data_root, "video"
-    if rank == 0:
-        log.info("synthetic data set: %s (%d videos)", args.data_root, args.num_videos)
-        generate_synthetic_dataset(args.data_root, num_videos=args.num_videos, seed=args.data_seed)
-    if dist.is_initialized():
-        dist.barrier()
-    ann = args.data_root / "annotations.json"
+        return Path(args.annotations), Path(args.data_root), "video"
+    ann = Path(args.data_root) / "annotations.json"
     return ann, synthetic_video_dir(ann), "video"
+
+
+def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
+    """:func:`data_paths`; rank 0 first generates the synthetic set if it is the one used."""
+    if args.features is None and args.annotations is None:
+        if rank == 0:
+            log.info("synthetic data set: %s (%d videos)", args.data_root, args.num_videos)
+            generate_synthetic_dataset(
+                args.data_root, num_videos=args.num_videos, seed=args.data_seed
+            )
+        if dist.is_initialized():
+            dist.barrier()
+    return data_paths(args)
+
+
+def dataset_options(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    return dict(mode=mode, num_snippets=args.num_snippets, snippet_length=args.snippet_length,
+                size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
 
 
 def build_models(args: argparse.Namespace, in_channels: int | None, num_classes: int):
@@ -322,8 +352,8 @@ def build_models(args: argparse.Namespace, in_channels: int | None, num_classes:
     detector = Detector(
         config,
         num_classes,
-        feature_norm=getattr(args, "feature_norm", "running"),
-        class_head=getattr(args, "class_head", "mean"),
+        feature_norm=args.feature_norm,
+        class_head=args.class_head,
     )
     return encoder.to(args.device), detector.to(args.device)
 
@@ -431,17 +461,23 @@ def predict_videos(
     return preds, probs
 
 
+EVALUATION_VERSION = 2  # 2: class-agnostic mAP from detections made without class fusion
+
+
 def evaluate(
     args, encoder, detector, dataset, ann: Path, classes: list[str], subset: str = "validation"
 ) -> dict[str, Any]:
     """ActivityNet mAP of ``dataset``, plus two numbers that say where the mAP is lost.
 
-    ``class_agnostic_mAP`` scores localisation alone (every label the same class);
-    ``video_accuracy`` is the top-1 accuracy of the video-level classifier against the
-    video's (first) label, the class every detection of the video is fused with first.
+    ``class_agnostic_mAP`` scores localisation alone: the proposals' own scores, without the
+    class fusion (which would list every proposal once per fused class), every label the same
+    class. ``video_accuracy`` is the top-1 accuracy of the video-level class scores against the
+    video's first label, over the videos that have one: the class every detection of the video
+    is fused with first.
     """
     results: dict[str, list[dict[str, Any]]] = {}
-    correct = 0
+    agnostic: dict[str, list[dict[str, Any]]] = {}
+    correct = labelled = 0
     for start in range(0, len(dataset), args.batch_size):
         samples = [dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))]
         preds, probs = predict_videos(
@@ -451,16 +487,45 @@ def evaluate(
             results[s.video_id] = to_detections(
                 pred, duration=s.duration, class_scores=prob.cpu(), class_names=classes
             )
-            correct += int(len(s.labels) > 0 and int(prob.argmax()) == int(s.labels[0]))
+            agnostic[s.video_id] = to_detections(pred, duration=s.duration)
+            if len(s.labels) > 0:
+                labelled += 1
+                correct += int(int(prob.argmax()) == int(s.labels[0]))
     predictions = format_results(results)
     metrics = evaluate_detection(ann, predictions, subset=subset)
-    agnostic = evaluate_detection(ann, predictions, subset=subset, class_agnostic=True)
+    localisation = evaluate_detection(
+        ann, format_results(agnostic), subset=subset, class_agnostic=True
+    )
     return {
         "predictions": predictions,
         "result": metrics,
-        "class_agnostic_mAP": agnostic.average_mAP,
-        "video_accuracy": correct / max(1, len(dataset)),
+        "class_agnostic_mAP": localisation.average_mAP,
+        "video_accuracy": correct / max(1, labelled),
     }
+
+
+def evaluation_summary(ev: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-ready numbers of :func:`evaluate`."""
+    res = ev["result"]
+    return {
+        "mAP@0.5": res.mAP[0.5],
+        "mAP@0.75": res.mAP[0.75],
+        "mAP@0.95": res.mAP[0.95],
+        "average_mAP": res.average_mAP,
+        "mAP": {str(k): v for k, v in res.mAP.items()},
+        "class_agnostic_mAP": ev["class_agnostic_mAP"],
+        "video_accuracy": ev["video_accuracy"],
+        "evaluation_version": EVALUATION_VERSION,
+    }
+
+
+def print_evaluation(summary: dict[str, Any]) -> None:
+    print(
+        f"mAP@0.5 {100 * summary['mAP@0.5']:.2f}  mAP@0.75 {100 * summary['mAP@0.75']:.2f}  "
+        f"mAP@0.95 {100 * summary['mAP@0.95']:.2f}  average {100 * summary['average_mAP']:.2f}\n"
+        f"class-agnostic average mAP {100 * summary['class_agnostic_mAP']:.2f}, video "
+        f"classification accuracy {100 * summary['video_accuracy']:.1f} %"
+    )
 
 
 # ----------------------------------------------------------------------------------- train
@@ -479,8 +544,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     ann, root, mode = prepare_data(args, rank)
-    common = dict(mode=mode, num_snippets=args.num_snippets, snippet_length=args.snippet_length,
-                  size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
+    common = dataset_options(args, mode)
     train_set = ActivityNetDataset(ann, root, subset="training", training=True, seed=args.seed,
                                    **common)  # fmt: skip
     val_set = ActivityNetDataset(ann, root, subset="validation", classes=train_set.classes,
@@ -530,7 +594,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if rank == 0:
         ev = evaluate(args, encoder, detector, val_set, ann, list(train_set.classes))
-        res = ev["result"]
         (out / "predictions.json").write_text(json.dumps(ev["predictions"]))
         torch.save(
             {"encoder": encoder.state_dict(), "detector": detector.state_dict(),
@@ -538,15 +601,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
              "classes": list(train_set.classes), "in_channels": in_channels},
             out / "model.pt",
         )  # fmt: skip
-        m = {str(k): v for k, v in res.mAP.items()}
         summary = {
-            "mAP@0.5": res.mAP[0.5],
-            "mAP@0.75": res.mAP[0.75],
-            "mAP@0.95": res.mAP[0.95],
-            "average_mAP": res.average_mAP,
-            "mAP": m,
-            "class_agnostic_mAP": ev["class_agnostic_mAP"],
-            "video_accuracy": ev["video_accuracy"],
+            **evaluation_summary(ev),
             "peak_memory_mb": peak_memory_mb(args.device),
             "train_time_s": train_time,
             "total_time_s": time.perf_counter() - t0,
@@ -558,11 +614,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             plot_predictions(val_set, ev["predictions"], out / "predictions.png", num_videos=4)
         except ImportError as err:
             log.warning("no plot: %s (pip install 'sgs_tad[plot]')", err)
+        print_evaluation(summary)
         print(
-            f"mAP@0.5 {100 * res.mAP[0.5]:.2f}  mAP@0.75 {100 * res.mAP[0.75]:.2f}  "
-            f"mAP@0.95 {100 * res.mAP[0.95]:.2f}  average {100 * res.average_mAP:.2f}\n"
-            f"class-agnostic average mAP {100 * ev['class_agnostic_mAP']:.2f}, video "
-            f"classification accuracy {100 * ev['video_accuracy']:.1f} %\n"
             f"peak memory {summary['peak_memory_mb']:.0f} MB ({args.device}), training "
             f"{train_time:.0f} s, total {summary['total_time_s']:.0f} s; outputs in {out}"
         )
@@ -573,6 +626,57 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- predict
+
+
+def load_model(path: Path, device: str) -> tuple[argparse.Namespace, nn.Module, Detector, list]:
+    """The run's arguments, encoder, detector and class names from a ``model.pt``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    args = argparse.Namespace(**state["args"])
+    args.weights, args.device = None, device
+    # model.pt files written before these options existed used the older defaults
+    args.class_head = getattr(args, "class_head", "mean")
+    args.feature_norm = getattr(args, "feature_norm", "running")
+    encoder, detector = build_models(args, state["in_channels"], len(state["classes"]))
+    encoder.load_state_dict(state["encoder"])
+    detector.load_state_dict(state["detector"])
+    return args, encoder, detector, list(state["classes"])
+
+
+def evaluate_command(argv: list[str]) -> dict[str, Any]:
+    p = argparse.ArgumentParser(
+        prog="etad_anet.py evaluate",
+        description="Evaluate a trained model.pt on a subset of its data (or of other data).",
+    )
+    p.add_argument("--model", type=Path, default=Path("outputs/etad_anet/model.pt"))
+    p.add_argument("--annotations", type=Path, default=None, help="default: the run's")
+    p.add_argument("--data-root", type=Path, default=None, help="default: the run's")
+    p.add_argument("--subset", default="validation")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", type=Path, default=None, help="write the numbers to this JSON")
+    a = p.parse_args(argv)
+    if not a.model.is_file():
+        p.error(f"no model at {a.model}: train first (python examples/etad_anet.py)")
+    args, encoder, detector, classes = load_model(a.model, a.device)
+    if a.annotations is not None:
+        args.annotations = a.annotations
+    if a.data_root is not None:
+        if args.features is not None:
+            args.features = a.data_root
+        else:
+            args.data_root = a.data_root
+    ann, root, mode = data_paths(args)
+    if not ann.is_file():
+        p.error(f"no annotation file at {ann}: pass --annotations (and --data-root)")
+    dataset = ActivityNetDataset(
+        ann, root, subset=a.subset, classes=classes, **dataset_options(args, mode)
+    )
+    summary = evaluation_summary(
+        evaluate(args, encoder, detector, dataset, ann, classes, subset=a.subset)
+    )
+    print_evaluation(summary)
+    if a.output is not None:
+        a.output.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def predict(argv: list[str]) -> list[dict[str, Any]]:
@@ -587,12 +691,7 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
         p.error(f"no video file at {a.video}")
     if not a.model.is_file():
         p.error(f"no model at {a.model}: train first (python examples/etad_anet.py)")
-    state = torch.load(a.model, map_location="cpu", weights_only=True)
-    args = argparse.Namespace(**state["args"])
-    args.weights, args.device = None, a.device
-    encoder, detector = build_models(args, state["in_channels"], len(state["classes"]))
-    encoder.load_state_dict(state["encoder"])
-    detector.load_state_dict(state["detector"])
+    args, encoder, detector, classes = load_model(a.model, a.device)
     info = probe_media(a.video, "video")
     size = (args.size, args.size)
     source = MediaSnippetSource(
@@ -607,7 +706,7 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
     duration = info.num_frames / info.fps
     preds, probs = predict_videos(encoder, detector, [source], args.micro_batch_size, a.device)
     dets = to_detections(preds[0], duration=duration, class_scores=probs[0],
-                         class_names=state["classes"])  # fmt: skip
+                         class_names=classes)  # fmt: skip
     for d in dets[: a.top]:
         print(f"{d['segment'][0]:7.2f} s - {d['segment'][1]:7.2f} s  {d['label']:<12s} "
               f"score {d['score']:.3f}")  # fmt: skip
@@ -618,6 +717,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
         predict(argv[1:])
+    elif argv[:1] == ["evaluate"]:
+        evaluate_command(argv[1:])
     else:
         train(parse_args(argv))
 

@@ -72,6 +72,37 @@ def test_predict_one_video(trained: tuple[Path, Path]) -> None:
     assert 1 <= len(lines) <= 3
 
 
+def test_evaluate_reproduces_the_training_run_numbers(trained: tuple[Path, Path]) -> None:
+    _, out = trained
+    run("evaluate", "--model", out / "model.pt", "--output", out / "again.json")
+    again = json.loads((out / "again.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("average_mAP", "mAP@0.5", "class_agnostic_mAP", "video_accuracy"):
+        assert again[key] == pytest.approx(metrics[key]), key
+    proc = run("evaluate", "--model", out / "model.pt", "--subset", "training")
+    assert "class-agnostic average mAP" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1; got 0"),
+        (["--encoder-delay", "10"], "--encoder-delay must be a number of epochs in [0, --epochs"),
+        (["--schedule", "step", "--encoder-delay", "1"], "needs --schedule cosine"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--data-root", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing generated
+
+
 def test_predict_rejects_a_missing_file(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "predict", str(tmp_path / "nope.mp4")],
@@ -119,6 +150,9 @@ def test_snippet_targets_label_the_snippets_whose_centre_an_instance_covers() ->
     )
     # centres 0.05, 0.15, ..., 0.95: 0.15 and 0.25 in the first, 0.55-0.85 in the second
     assert targets.tolist() == [4, 2, 2, 4, 4, 1, 1, 1, 1, 4]
+    # a video without instances: all background
+    empty = torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
+    assert _script().snippet_class_targets(*empty, 5, background=4).tolist() == [4] * 5
 
 
 @pytest.mark.parametrize("head", ["snippet", "attention", "mean"])

@@ -35,7 +35,7 @@ def make_data() -> list:
     ]
 
 
-def make_trainer(seed: int, directory, callbacks=(), width: int = 8) -> SGSTrainer:
+def make_trainer(seed: int, directory, callbacks=(), width: int = 8, scheduler=None) -> SGSTrainer:
     encoder, detector = make_models(seed, width)
     box: list = []
 
@@ -56,6 +56,7 @@ def make_trainer(seed: int, directory, callbacks=(), width: int = 8) -> SGSTrain
         encoder_lr=1e-2,
         detector_lr=1e-2,
         lr_milestones=(1,),
+        scheduler=scheduler,
         checkpoint_dir=directory,
         checkpoint_every=2,
         keep_last=2,
@@ -133,6 +134,21 @@ def test_a_resume_directory_from_another_model_is_refused(tmp_path):
     other = make_trainer(0, tmp_path, width=16)
     with pytest.raises(ValueError, match=r"different model .*encoder\.1\.weight: checkpoint"):
         other.fit(make_data(), epochs=1, batch_size=BATCH, resume=True)
+
+
+def test_a_resume_with_another_scheduler_is_refused_before_anything_loads(tmp_path):
+    trainer = make_trainer(0, tmp_path, callbacks=[StopAt(2)])
+    trainer.fit(make_data(), epochs=1, batch_size=BATCH)
+    state = load_checkpoint(trainer.checkpoints.checkpoints()[-1])
+    fresh = make_trainer(
+        1, tmp_path, scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    )
+    before = [p.detach().clone() for p in fresh.parameters]
+    with pytest.raises(ValueError, match=r"MultiStepLR.*LambdaLR.*schedule it was trained"):
+        fresh.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters))  # nothing loaded
+    state.pop("scheduler_type")  # a checkpoint from before the check: loads as it did
+    make_trainer(1, tmp_path).load_state_dict(state)
 
 
 def test_a_changed_world_size_is_explained(tmp_path):

@@ -138,12 +138,15 @@ def warmup_cosine_scheduler(
             f"delay_steps names groups {unknown} that the optimizer does not have; its groups "
             f"are {names}. Name groups with param_group['name']."
         )
-    for what, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps),
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(
+            f"total_steps must be an int >= 1 (the optimizer steps of the run); got "
+            f"{total_steps!r}."
+        )
+    for what, value in (("warmup_steps", warmup_steps),
                         *((f"delay_steps[{k!r}]", v) for k, v in delays.items())):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{what} must be an int >= 0; got {value!r}.")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1; got {total_steps}.")
     if not 0.0 <= final_factor <= 1.0:
         raise ValueError(f"final_factor must be in [0, 1]; got {final_factor!r}.")
 

@@ -757,6 +757,7 @@ class SGSTrainer:
             "detector": self.detector.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scheduler_type": _type_name(self.scheduler),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "per_rank": per_rank,
             "epoch": self.epoch,
@@ -793,6 +794,14 @@ class SGSTrainer:
             source=source,
             strict_world_size=strict_world_size,
         )
+        saved_scheduler = state.get("scheduler_type")  # absent in older checkpoints
+        if saved_scheduler is not None and saved_scheduler != _type_name(self.scheduler):
+            raise ValueError(
+                f"{source} was written with the learning-rate scheduler {saved_scheduler}, but "
+                f"this trainer has {_type_name(self.scheduler)}; its state cannot be restored "
+                "into another scheduler. Resume with the schedule it was trained with, or use a "
+                "fresh checkpoint_dir."
+            )
         self.encoder.load_state_dict(state["encoder"])
         self.detector.load_state_dict(state["detector"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -828,3 +837,10 @@ class SGSTrainer:
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)
         return path
+
+
+def _type_name(obj: Any) -> str | None:
+    """``module.QualName`` of ``obj``'s type (``None`` for ``None``): tells schedulers apart."""
+    if obj is None:
+        return None
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
