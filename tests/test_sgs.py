@@ -409,6 +409,38 @@ def test_feature_guided_sampler_receives_phase_one_features():
     assert sgs.stats.snippets_sampled == 6
 
 
+@pytest.mark.parametrize("name", ["fps", "kdpp", "picky"])
+def test_feature_guided_picks_get_exactly_the_masked_end_to_end_gradient(name):
+    """Indices from a feature-guided sampler (any order, not a prefix) map to their snippets."""
+    from sgs_tad.samplers import make_sampler
+
+    class Picky:  # the snippets with the largest feature norm, largest first
+        requires_features = True
+
+        def __call__(self, num_items, num_samples, *, features=None, generator=None):
+            return features.norm(dim=1).argsort(descending=True)[:num_samples]
+
+    sampler = Picky() if name == "picky" else make_sampler(name)
+    snippets = torch.randn(2, 7, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    gen = torch.Generator().manual_seed(4)
+    sgs, feats = sgs_grads(
+        enc, det, snippets, micro_batch_size=3, ratio=0.3, sampler=sampler, generator=gen
+    )
+    got = grads(enc, det)
+    replay = torch.Generator().manual_seed(4)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    n = num_sampled(7, 0.3)
+    for v in range(2):
+        idx = sampler(7, n, features=feats.detach()[v], generator=replay)
+        mask[v, idx] = True
+    assert int(mask.sum()) == sgs.stats.snippets_sampled == 2 * n
+    assert mask[:, :n].sum() < 2 * n  # not simply the first snippets
+    enc, det = models()
+    end_to_end(enc, det, snippets, feature_mask=mask)
+    assert_same_grads(got, grads(enc, det), 1e-10)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
