@@ -149,7 +149,11 @@ class Detector(nn.Module):
     def class_loss(
         self, feats: torch.Tensor, segments: list[torch.Tensor], labels: list[torch.Tensor]
     ) -> torch.Tensor:
-        """Cross-entropy of the class head on normalised features ``[B, N, C]``."""
+        """Cross-entropy of the class head on normalised features ``[B, N, C]``.
+
+        Every row counts: the main job resamples every video to the same ``N`` snippets, so
+        there is no padding (with variable ``N``, mask the padded rows out of the loss).
+        """
         if self.class_head != "snippet":
             video_labels = torch.stack([lab[0] for lab in labels]).to(feats.device)
             return nn.functional.cross_entropy(self._video_logits(feats), video_labels)
