@@ -196,6 +196,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "results")
     parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "synthetic")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument(
+        "--section",
+        default="results-table",
+        help="the <!-- SECTION --> ... <!-- /SECTION --> block of --output to replace (and the "
+        "plot's name: results_SECTION.png unless it is the default)",
+    )
     args = parser.parse_args()
     names = args.only or list(RUNS)
     # Generate the data once before the parallel runs (they would race to write it); the
@@ -225,14 +231,17 @@ def main() -> None:
     text = f"{env}\n\n{table(rows)}\n\nAverage mAP of each seed:\n\n{seed_table(rows, args.seeds)}"
     print(text)
     try:
-        plot(rows, args.output.with_suffix(".png"))
+        suffix = "" if args.section == "results-table" else f"_{args.section}"
+        plot(rows, args.output.with_name(f"{args.output.stem}{suffix}.png"))
     except ImportError as err:
         print(f"no plot: {err}")
-    marker = "<!-- results-table -->"
-    doc = args.output.read_text() if args.output.exists() else f"# Results\n\n{marker}\n"
+    marker, end = f"<!-- {args.section} -->", f"<!-- /{args.section} -->"
+    doc = args.output.read_text() if args.output.exists() else "# Results\n"
+    if marker not in doc:
+        doc += f"\n{marker}\n{end}\n"
     before, _, rest = doc.partition(marker)
-    after = rest.split("<!-- /results-table -->", 1)[-1] if rest else ""
-    args.output.write_text(f"{before}{marker}\n{text}\n<!-- /results-table -->{after}")
+    after = rest.split(end, 1)[-1]
+    args.output.write_text(f"{before}{marker}\n{text}\n{end}{after}")
 
 
 if __name__ == "__main__":
