@@ -27,6 +27,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,7 +182,7 @@ def plot(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.plot([i - 0.2] * len(values), values, "k.", markersize=4)
         ax.plot([i + 0.2] * len(agnostic), agnostic, "k.", markersize=4)
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([RUNS[n][0].replace(", ", ",\n") for n in names], fontsize=7)
+    ax.set_xticklabels([textwrap.fill(RUNS[n][0], 14) for n in names], fontsize=7)
     ax.set_ylabel("mAP (%), validation")
     ax.set_title("ETAD on the synthetic set: mean over seeds, each seed a dot", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "results")
     parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "synthetic")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument(
         "--section",
         default="results-table",
@@ -233,11 +235,12 @@ def main() -> None:
     )
     text = f"{env}\n\n{table(rows)}\n\nAverage mAP of each seed:\n\n{seed_table(rows, args.seeds)}"
     print(text)
-    try:
-        suffix = "" if args.section == "results-table" else f"_{args.section}"
-        plot(rows, args.output.with_name(f"{args.output.stem}{suffix}.png"))
-    except ImportError as err:
-        print(f"no plot: {err}")
+    suffix = "" if args.section == "results-table" else f"_{args.section}"
+    if not args.no_plot:
+        try:
+            plot(rows, args.output.with_name(f"{args.output.stem}{suffix}.png"))
+        except ImportError as err:
+            print(f"no plot: {err} (pip install 'sgs_tad[plot]')")
     marker, end = f"<!-- {args.section} -->", f"<!-- /{args.section} -->"
     doc = args.output.read_text() if args.output.exists() else "# Results\n"
     if marker not in doc:
