@@ -35,9 +35,13 @@ from typing import Any
 
 import torch
 
+from sgs_tad.data import generate_synthetic_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "etad_anet.py"
-EVALUATION_VERSION = 2  # as examples/etad_anet.py writes it; older runs are re-evaluated
+sys.path.insert(0, str(SCRIPT.parent))
+# its option parser (settings of a run) and evaluation version (older runs are re-evaluated)
+from etad_anet import EVALUATION_VERSION, parse_args  # noqa: E402
 
 RUNS: dict[str, tuple[str, list[str]]] = {
     "frozen": ("frozen encoder (γ = 0)", ["--ratio", "0"]),
@@ -78,15 +82,8 @@ COMPARED = (
 )  # fmt: skip
 
 
-def expected_settings(name: str, seed: int) -> dict[str, Any]:
-    sys.path.insert(0, str(SCRIPT.parent))
-    from etad_anet import parse_args
-
-    return vars(parse_args([*RUNS[name][1], "--seed", str(seed)]))
-
-
 def reusable(metrics: dict[str, Any], name: str, seed: int) -> bool:
-    want = expected_settings(name, seed)
+    want = vars(parse_args([*RUNS[name][1], "--seed", str(seed)]))
     have = metrics.get("settings", {})
     return all(have.get(k) == want[k] for k in COMPARED)
 
@@ -209,13 +206,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = args.only or DEFAULT_RUNS
-    # Generate the data once before the parallel runs (they would race to write it); the
-    # main job's defaults (96 videos, data seed 0) so that it reuses this set.
-    subprocess.run(
-        [sys.executable, "-c", "from sgs_tad.data import generate_synthetic_dataset as g; "
-         f"g({str(args.data_root)!r}, num_videos=96, seed=0)"],
-        check=True,
-    )  # fmt: skip
+    # Generate the data once before the parallel runs (they would race to write it), with the
+    # main job's defaults so that every run reuses this set.
+    defaults = parse_args([])
+    generate_synthetic_dataset(
+        args.data_root, num_videos=defaults.num_videos, seed=defaults.data_seed
+    )
     jobs = [(n, s) for s in args.seeds for n in names]  # seed-major
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
