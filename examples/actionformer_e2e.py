@@ -38,8 +38,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sgs_tad import SequentializedGradientSampler
 from sgs_tad.adapters import video_list_step
 from sgs_tad.encoders import build_encoder
+from sgs_tad.optimization import adamw, step_decay
 from sgs_tad.trainer import SGSTrainer
 
 try:  # ActionFormer's package, from its repository on PYTHONPATH
@@ -150,16 +152,17 @@ def main() -> None:
     model.preprocessing = types.MethodType(preprocessing_with_grad, model)
 
     trainer = SGSTrainer(
-        encoder,
+        SequentializedGradientSampler(
+            encoder, micro_batch_size=args.micro_batch_size, ratio=args.ratio
+        ),
         model,
-        # GLUE 1 and 3.
+        # GLUE 1 and 3: ActionFormer's model(video_list) and its "final_loss".
         detector_step=video_list_step(model, keys=("segments", "labels")),
+        loss_key="final_loss",
         required_keys=("segments", "labels"),
-        micro_batch_size=args.micro_batch_size,
-        ratio=args.ratio,
-        encoder_lr=1e-4,  # a small encoder trained from scratch; 1e-6 for a pretrained TSM
-        detector_lr=1e-3,
-        lr_milestones=(),
+        # A small encoder trained from scratch; 1e-6 for a pretrained TSM.
+        optimizer=adamw(encoder_lr=1e-4, detector_lr=1e-3),
+        scheduler=step_decay(milestones=()),
         max_grad_norm=1.0,
         amp=args.amp,
         checkpoint_dir=args.checkpoint_dir,

@@ -26,154 +26,26 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from etad import ETAD, ETADConfig
+from etad import ETADConfig
 from etad.detections import to_detections
+from etad.detector import CLASS_HEADS, FEATURE_NORMS, Detector
 from etad.plots import plot_predictions
-from sgs_tad import SequentializedGradientSampler, SGSTrainer
+from sgs_tad import EndToEnd, Engine, SequentializedGradientSampler, SGSTrainer, StepInfo
 from sgs_tad.callbacks import Callback
 from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
 from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
 from sgs_tad.data.video import probe_media
 from sgs_tad.encoders import ENCODERS, build_encoder, freeze_encoder
 from sgs_tad.evaluation import evaluate_detection, format_results
-from sgs_tad.optimization import warmup_cosine_scheduler
+from sgs_tad.optimization import adamw, step_decay, warmup_cosine
 
 log = logging.getLogger("etad_anet")
-
-
-class FeatureStandardizer(nn.Module):
-    """Standardise features ``[B, N, C]`` per channel with running statistics.
-
-    Snippet features of a from-scratch encoder carry a large constant offset and small
-    differences between videos; standardising makes those differences visible to the heads.
-    Unlike BatchNorm it normalises with the running statistics in training too (updated
-    without grad), so a batch of one video is normalised exactly as at inference.
-    """
-
-    def __init__(self, channels: int, momentum: float = 0.05) -> None:
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("var", torch.ones(channels))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                flat = feats.detach().float().reshape(-1, feats.shape[-1])
-                mean, var = flat.mean(0), flat.var(0, unbiased=False)
-                m = torch.where(self.initialised, torch.tensor(self.momentum), torch.tensor(1.0))
-                self.mean.lerp_(mean, m)
-                self.var.lerp_(var, m)
-                self.initialised.fill_(True)
-        return (feats - self.mean) * torch.rsqrt(self.var + 1e-5)
-
-
-FEATURE_NORMS = ("running", "layer")
-CLASS_HEADS = ("snippet", "attention", "mean")
-
-
-def snippet_class_targets(
-    segments: torch.Tensor, labels: torch.Tensor, num_snippets: int, background: int
-) -> torch.Tensor:
-    """Class of every snippet: the label of the instance covering its centre, else background.
-
-    ``segments`` are ``[G, 2]`` fractions of the video, ``labels`` ``[G]``; returns ``[N]``.
-    """
-    centres = (torch.arange(num_snippets, device=segments.device) + 0.5) / num_snippets
-    inside = (centres[:, None] >= segments[None, :, 0]) & (centres[:, None] < segments[None, :, 1])
-    targets = torch.full((num_snippets,), background, dtype=torch.long, device=segments.device)
-    covered = inside.any(1)
-    if covered.any():  # overlapping instances: the first in the annotation wins
-        targets[covered] = labels.to(segments.device)[inside[covered].float().argmax(1)]
-    return targets
-
-
-class Detector(nn.Module):
-    """ETAD plus a classifier whose video-level scores label the class-agnostic proposals.
-
-    ActivityNet detectors take video-level class scores from a separate classifier and fuse
-    the top-2 classes with each proposal (App. A.4); here a small head trains with the
-    detector and plays that part. ``class_head``:
-
-    * ``"snippet"`` (default): every snippet is classified (the action classes plus
-      background) by a small temporal convolution, against the label of the instance that
-      covers it; the video's scores are the foreground class probabilities summed over its
-      snippets. Dense supervision: each snippet's feature gets its own class gradient.
-    * ``"attention"`` / ``"mean"``: one label per video, from learned attention pooling (or the
-      mean) of the features over time, concatenated with their max.
-    """
-
-    def __init__(
-        self,
-        config: ETADConfig,
-        num_classes: int,
-        feature_norm: str = "running",
-        class_head: str = "snippet",
-    ) -> None:
-        super().__init__()
-        if class_head not in CLASS_HEADS:
-            raise ValueError(f"class_head must be one of {CLASS_HEADS}; got {class_head!r}.")
-        if feature_norm not in FEATURE_NORMS:
-            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}; got {feature_norm!r}.")
-        c = config.in_channels
-        self.num_classes = num_classes
-        self.class_head = class_head
-        self.norm: nn.Module = (
-            FeatureStandardizer(c) if feature_norm == "running" else nn.LayerNorm(c)
-        )
-        self.etad = ETAD(config)
-        self.attention = nn.Linear(c, 1) if class_head == "attention" else None
-        if class_head == "snippet":
-            self.classifier: nn.Module = nn.Sequential(
-                nn.Conv1d(c, 128, 3, padding=1), nn.ReLU(), nn.Conv1d(128, num_classes + 1, 1)
-            )
-        else:
-            self.classifier = nn.Sequential(
-                nn.Linear(2 * c, 128), nn.ReLU(), nn.Linear(128, num_classes)
-            )
-
-    def _video_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.attention is None:
-            pooled = feats.mean(1)
-        else:  # attention pooling (multiple-instance learning): weigh the action's snippets
-            pooled = (self.attention(feats).softmax(dim=1) * feats).sum(1)
-        return self.classifier(torch.cat([pooled, feats.amax(1)], dim=-1))
-
-    def class_loss(
-        self, feats: torch.Tensor, segments: list[torch.Tensor], labels: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """Cross-entropy of the class head on normalised features ``[B, N, C]``.
-
-        Every row counts: the main job resamples every video to the same ``N`` snippets, so
-        there is no padding (with variable ``N``, mask the padded rows out of the loss).
-        """
-        if self.class_head != "snippet":
-            video_labels = torch.stack([lab[0] for lab in labels]).to(feats.device)
-            return nn.functional.cross_entropy(self._video_logits(feats), video_labels)
-        n = feats.shape[1]
-        targets = torch.stack(
-            [
-                snippet_class_targets(seg.to(feats.device), lab, n, self.num_classes)
-                for seg, lab in zip(segments, labels)
-            ]
-        )
-        logits = self.classifier(feats.transpose(1, 2))  # [B, K + 1, N]
-        return nn.functional.cross_entropy(logits, targets)
-
-    def class_probs(self, feats: torch.Tensor) -> torch.Tensor:
-        """Video-level class scores ``[B, num_classes]``, summing to 1, of ``[B, N, C]``."""
-        if self.class_head != "snippet":
-            return self._video_logits(feats).softmax(-1)
-        probs = self.classifier(feats.transpose(1, 2)).softmax(1)[:, : self.num_classes]
-        scores = probs.sum(-1)
-        return scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -267,6 +139,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--output-dir", type=Path, default=Path("outputs/etad_anet"))
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--resume-override",
+        action="store_true",
+        help="with --resume, accept settings that differ from the checkpoint's (logged)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -289,6 +166,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 f"--encoder-delay must be a number of epochs in [0, --epochs = {args.epochs}); "
                 f"got {delay} (at --epochs or more the encoder would never train)"
             )
+    return resolve_defaults(args)
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The defaults that depend on other options, decided here and nowhere else.
+
+    A from-scratch ``small3d`` (no ``--weights``) trains every stage at a high rate after a
+    one-epoch hold; a pretrained encoder keeps its first two stages frozen (the paper's
+    setting) and fine-tunes at the paper's small rate, without a hold.
+    """
+    scratch = args.encoder == "small3d" and args.weights is None
+    if args.frozen_stages is None:
+        args.frozen_stages = -1 if args.encoder == "small3d" else 2
+    if args.encoder_lr is None:
+        args.encoder_lr = 2e-4 if scratch else 1e-6
+    if args.encoder_delay is None and args.schedule == "cosine":
+        args.encoder_delay = 1.0 if scratch else 0.0
     return args
 
 
@@ -341,8 +235,6 @@ def build_models(args: argparse.Namespace, in_channels: int | None, num_classes:
     else:
         encoder = build_encoder(args.encoder, weights=args.weights)
         frozen = args.frozen_stages
-        if frozen is None:
-            frozen = -1 if args.encoder == "small3d" else 2
         if args.encoder != "small3d" or frozen >= 0:
             encoder = freeze_encoder(encoder, frozen_stages=frozen)
         channels = encoder.out_channels
@@ -382,71 +274,50 @@ class EpochSetter(Callback):
         self.dataset.set_epoch(epoch)
 
 
-def make_detector_step(detector: Detector, trainer_ref: list[SGSTrainer], seed: int):
-    """The trainer's detector step: ETAD losses with APS plus the video classifier's loss."""
+def detector_step(detector: Detector):
+    """The trainer's detector step: ETAD's losses with APS plus the class head's."""
 
-    def step(feats: torch.Tensor, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        # APS draws from a generator derived from (seed, step): reproducible, and a resumed
-        # run draws exactly what the uninterrupted one would have.
-        trainer = trainer_ref[0]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + trainer.step * 7919 + trainer.rank)
-        gts = [s.to(feats.device) for s in batch["segments"]]
-        feats = detector.norm(feats.float())
-        losses = detector.etad(feats.transpose(1, 2), gts, generator=gen)
-        cls = detector.class_loss(feats, gts, batch["labels"])
-        return {**losses, "cls_loss": cls, "loss": losses["loss"] + cls}
+    def step(feats: torch.Tensor, batch: dict[str, list[Any]], info: StepInfo) -> Any:
+        # info.generator is derived from (seed, step, rank): reproducible, and a resumed run
+        # draws exactly the APS subsets the uninterrupted one would have.
+        return detector(feats, batch["segments"], batch["labels"], generator=info.generator)
 
     return step
 
 
-def make_scheduler(args: argparse.Namespace, num_videos: int, world: int):
-    """The ``--schedule cosine`` factory (``None``: the trainer's step decay)."""
+def make_scheduler(args: argparse.Namespace, num_videos: int, world: int, encoder: nn.Module):
+    """The ``--schedule`` factory: per-step cosine with the encoder hold, or step decay."""
     if args.schedule != "cosine":
-        return None
+        return step_decay(milestones=(max(1, round(args.epochs * 5 / 6)),))
     steps_per_epoch = math.ceil(num_videos / (args.batch_size * world))
-    delay = args.encoder_delay
-    if delay is None:
-        delay = 1.0 if args.encoder == "small3d" and args.weights is None else 0.0
-
-    def factory(optimizer: torch.optim.Optimizer) -> Any:
-        # no encoder group when nothing in it trains (features mode, every stage frozen)
-        names = {group.get("name") for group in optimizer.param_groups}
-        delay_steps = {"encoder": round(delay * steps_per_epoch)} if "encoder" in names else {}
-        return warmup_cosine_scheduler(
-            optimizer,
-            total_steps=max(1, args.epochs * steps_per_epoch),
-            warmup_steps=steps_per_epoch,
-            delay_steps=delay_steps,
-        )
-
-    return factory
+    # no encoder group when nothing in it trains (features mode, every stage frozen)
+    trains = any(p.requires_grad for p in encoder.parameters())
+    delay = {"encoder": round(args.encoder_delay * steps_per_epoch)} if trains else {}
+    return warmup_cosine(total_steps=max(1, args.epochs * steps_per_epoch),
+                         warmup_steps=steps_per_epoch, delay_steps=delay)  # fmt: skip
 
 
-class NaiveEndToEnd:
-    """Stands in for the SGS engine in the trainer: every snippet of the batch in one graph.
+def make_engine(args: argparse.Namespace, encoder: nn.Module, mode: str) -> Engine:
+    """SGS (frozen in features mode), or plain end-to-end backprop for ``--naive``."""
+    if args.naive:
+        return EndToEnd(encoder, device=args.device)
+    ratio = 0.0 if mode == "features" else args.ratio
+    return SequentializedGradientSampler(encoder, micro_batch_size=args.micro_batch_size,
+                                         ratio=ratio, sampler=args.snippet_sampler,
+                                         on_nonfinite_grad="skip", device=args.device)  # fmt: skip
 
-    This is the plain end-to-end training that SGS replaces, kept for the memory and accuracy
-    comparison (``--naive``). ``ratio = 0`` tells the trainer that no phase 3 follows: the
-    encoder receives its gradient through the graph of ``encode``'s output.
-    """
 
-    ratio = 0.0
+# The settings a resume must share with the run it continues (--resume-override accepts a change).
+RESUME_SETTINGS = ("seed", "data_seed", "num_videos", "num_snippets", "snippet_length", "size",
+                   "encoder", "weights", "epochs", "batch_size", "ratio", "micro_batch_size",
+                   "snippet_sampler", "proposal_sampler", "aps_ratio", "naive", "encoder_lr",
+                   "detector_lr", "schedule", "encoder_delay", "frozen_stages", "class_head",
+                   "feature_norm", "annotations", "features", "data_root")  # fmt: skip
 
-    def __init__(self, encoder: nn.Module, device: str) -> None:
-        self.encoder, self.device = encoder, device
 
-    def encode(self, sources: list[Any]) -> torch.Tensor:
-        clips = [s.get_snippets(torch.arange(len(s))).to(self.device) for s in sources]
-        return torch.stack([self.encoder(c) for c in clips])  # needs equal N: fixed T here
-
-    def backward(self, sources: list[Any], feats: torch.Tensor) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+            if k in RESUME_SETTINGS}  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- evaluate
@@ -456,13 +327,11 @@ class NaiveEndToEnd:
 def predict_videos(
     encoder: nn.Module, detector: Detector, sources: list[Any], k: int, device: str
 ) -> tuple[list[Any], torch.Tensor]:
+    """Detections and class scores of videos: phase 1 alone (no graph, no sample), then ETAD."""
     encoder.eval()
     detector.eval()
-    feats = SequentializedGradientSampler(encoder, micro_batch_size=k, ratio=0.0, device=device)
-    f = detector.norm(feats.encode(sources).detach().float())
-    preds = detector.etad.predict(f.transpose(1, 2))
-    probs = detector.class_probs(f)
-    return preds, probs
+    engine = SequentializedGradientSampler(encoder, micro_batch_size=k, device=device)
+    return detector.predict(engine.encode_features(sources))
 
 
 EVALUATION_VERSION = 2  # 2: class-agnostic mAP from detections made without class fusion
@@ -535,6 +404,12 @@ def print_evaluation(summary: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- train
 
 
+def fail(message: str) -> NoReturn:
+    """A one-line error on stderr and exit code 2, as argparse does for bad options."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -553,47 +428,46 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                                    **common)  # fmt: skip
     val_set = ActivityNetDataset(ann, root, subset="validation", classes=train_set.classes,
                                  **common)  # fmt: skip
+    if len(val_set) == 0:
+        raise SystemExit(
+            f"error: {ann} has no videos in the validation subset, so the run could not be "
+            'evaluated after training. Give some videos "subset": "validation" in the '
+            "annotations (the synthetic set has them), or check the annotation file."
+        )
     in_channels = None
     if mode == "features":
         in_channels = int(train_set[0].features.shape[1])
     encoder, detector = build_models(args, in_channels, len(train_set.classes))
-    ratio = 0.0 if mode == "features" else args.ratio
-    encoder_lr = args.encoder_lr
-    if encoder_lr is None:
-        encoder_lr = 2e-4 if args.encoder == "small3d" and args.weights is None else 1e-6
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    trainer_ref: list[SGSTrainer] = []
+    checkpoints = out / "checkpoints"
+    if args.resume and not any(checkpoints.glob("checkpoint-*.pt")):
+        log.warning("--resume: no checkpoint in %s; training from scratch", checkpoints)
     trainer = SGSTrainer(
-        encoder,
+        make_engine(args, encoder, mode),
         detector,
-        detector_step=make_detector_step(detector, trainer_ref, args.seed),
-        loss_key="loss",
-        micro_batch_size=args.micro_batch_size,
-        ratio=ratio,
-        sampler=args.snippet_sampler,
-        sgs_options={"device": args.device},
-        encoder_lr=encoder_lr,
-        detector_lr=args.detector_lr,
-        lr_milestones=(max(1, round(args.epochs * 5 / 6)),),
-        scheduler=make_scheduler(args, len(train_set), world),
-        scheduler_interval="step" if args.schedule == "cosine" else "epoch",
+        detector_step=detector_step(detector),
+        optimizer=adamw(encoder_lr=args.encoder_lr, detector_lr=args.detector_lr),
+        scheduler=make_scheduler(args, len(train_set), world, encoder),
         max_grad_norm=5.0,
         seed=args.seed,
-        device=args.device,
-        checkpoint_dir=out / "checkpoints",
+        settings=run_settings(args),
+        checkpoint_dir=checkpoints,
         log_dir=out,
         tensorboard=True,
         progress=not args.no_progress,
         log_every=1,
         callbacks=[EpochSetter(train_set)],
     )
-    trainer_ref.append(trainer)
-    if args.naive:
-        trainer.sgs = NaiveEndToEnd(encoder, args.device)  # type: ignore[assignment]
     t_train = time.perf_counter()
-    trainer.fit(train_set, epochs=args.epochs, batch_size=args.batch_size, collate_fn=collate,
-                resume=args.resume)  # fmt: skip
+    try:
+        fit = trainer.fit(train_set, epochs=args.epochs, batch_size=args.batch_size,
+                          collate_fn=collate, resume=args.resume,
+                          resume_override=args.resume_override)  # fmt: skip
+    except ValueError as err:
+        if "other settings" in str(err):  # a resume that would silently change the run
+            fail(str(err))
+        raise
     train_time = time.perf_counter() - t_train
     summary: dict[str, Any] = {}
     if rank == 0:
@@ -610,6 +484,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "peak_memory_mb": peak_memory_mb(args.device),
             "train_time_s": train_time,
             "total_time_s": time.perf_counter() - t0,
+            "steps": fit["step"],
+            "skipped_steps": fit["skipped_steps"],
+            "bad_videos": fit["bad_videos"],
+            "phases": fit["phases"],
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "world_size": world,
         }

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sgs_tad import SequentializedGradientSampler, StepInfo
 from sgs_tad.adapters import enable_grad, snippet_lengths, video_list_step
 from sgs_tad.callbacks import Callback
 from sgs_tad.trainer import SGSTrainer
@@ -93,12 +94,11 @@ def make_data(n: int = 2) -> list:
 
 def make_trainer(model: nn.Module, **kwargs) -> SGSTrainer:
     return SGSTrainer(
-        make_encoder(),
+        SequentializedGradientSampler(make_encoder(), ratio=1.0, micro_batch_size=4),
         model,
         detector_step=video_list_step(model, keys=("segments", "labels")),
+        loss_key="final_loss",
         required_keys=("segments", "labels"),
-        ratio=1.0,
-        micro_batch_size=4,
         **kwargs,
     )
 
@@ -182,13 +182,16 @@ def test_video_list_layout_and_lengths():
     seen = []
     step = video_list_step(lambda vl: seen.extend(vl) or torch.zeros(()), keys=(), layout="TC")
     feats = torch.randn(2, 7, C)
-    step(feats, {"snippets": [torch.zeros(4, 1), torch.zeros(7, 1)]})
+    step(
+        feats, {"snippets": [torch.zeros(4, 1), torch.zeros(7, 1)]}, StepInfo.from_lengths([4, 7])
+    )
     assert [v["feats"].shape for v in seen] == [(4, C), (7, C)]
     assert snippet_lengths(torch.zeros(3, 5, 2)) == [5, 5, 5]
     with pytest.raises(ValueError, match="layout"):
         video_list_step(lambda vl: None, layout="NCT")
     with pytest.raises(ValueError, match="2 videos but the features have B = 3"):
-        step(torch.randn(3, 7, C), {"snippets": [torch.zeros(4, 1), torch.zeros(7, 1)]})
+        batch = {"snippets": [torch.zeros(4, 1), torch.zeros(7, 1)]}
+        step(torch.randn(3, 7, C), batch, StepInfo.from_lengths([4, 7]))
 
 
 @pytest.mark.slow

@@ -13,13 +13,12 @@ from sgs_tad.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_save,
-    capture_rng_state,
     describe_shape_mismatch,
     load_checkpoint,
     model_fingerprint,
     parameter_shapes,
-    restore_rng_state,
 )
+from sgs_tad.rng import capture_global_rng_state, restore_global_rng_state
 
 
 def test_atomic_save_round_trip_leaves_no_temporary_files(tmp_path):
@@ -85,12 +84,12 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     np.random.seed(3)
     random.seed(3)
     np.random.randn()  # leave a cached gaussian in numpy's state
-    path = atomic_save({"rng": capture_rng_state()}, tmp_path / "rng.pt")
+    path = atomic_save({"rng": capture_global_rng_state()}, tmp_path / "rng.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
-    restore_rng_state(load_checkpoint(path)["rng"])
+    restore_global_rng_state(load_checkpoint(path)["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
     assert torch.equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])

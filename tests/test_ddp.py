@@ -17,6 +17,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from sgs_tad import SequentializedGradientSampler
+from sgs_tad.optimization import adamw, step_decay
 from sgs_tad.trainer import SGSTrainer
 
 pytestmark = pytest.mark.ddp
@@ -54,28 +56,21 @@ def make_data() -> list:
 
 
 def make_trainer(encoder: nn.Module, detector: Detector, **kwargs) -> SGSTrainer:
-    box: list = []
-
-    def step(feats, batch):
+    def step(feats, batch, info):
         # The loss is the mean over the local batch: averaging over ranks with equal local
         # batch sizes is then the mean over the global batch.
-        lengths = box[0].sgs.lengths(feats)
+        lengths = info.lengths
         scores = torch.stack([detector.video_score(feats[i, :n]) for i, n in enumerate(lengths)])
         return (scores - torch.stack(batch["target"])).square().mean()
 
-    trainer = SGSTrainer(
-        encoder,
+    return SGSTrainer(
+        SequentializedGradientSampler(encoder, ratio=1.0, micro_batch_size=2),
         detector,
         detector_step=step,
-        ratio=1.0,
-        micro_batch_size=2,
-        encoder_lr=1e-2,
-        detector_lr=1e-2,
-        lr_milestones=(1,),
+        optimizer=adamw(encoder_lr=1e-2, detector_lr=1e-2),
+        scheduler=step_decay(milestones=(1,)),
         **kwargs,
     )
-    box.append(trainer)
-    return trainer
 
 
 def box_len(batch) -> int:
@@ -104,17 +99,24 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             n: p.detach() for n, p in [*encoder.named_parameters(), *detector.named_parameters()]
         }
         # Each rank evaluates its shard; the result is the mean over all videos.
-        metrics = trainer.evaluate(make_data(), lambda feats, batch: {"n": float(feats.shape[1])})
+        metrics = trainer.evaluate(
+            make_data(), lambda feats, batch, info: {"n": float(feats.shape[1])}
+        )
         # A NaN loss on rank 1 only: both ranks must skip that step (no hang, same weights).
         enc2, det2 = make_models(seed=0)
         calls = []
 
-        def nan_on_rank1(feats, batch):
+        def nan_on_rank1(feats, batch, info):
             calls.append(1)
             loss = (det2.video_score(feats[0, : box_len(batch)]) - batch["target"][0]).square()
             return loss * float("nan") if rank == 1 and len(calls) == 1 else loss
 
-        skipper = SGSTrainer(enc2, det2, detector_step=nan_on_rank1, ratio=1.0, encoder_lr=1e-2)
+        skipper = SGSTrainer(
+            SequentializedGradientSampler(enc2, ratio=1.0),
+            det2,
+            detector_step=nan_on_rank1,
+            optimizer=adamw(encoder_lr=1e-2),
+        )
         skipper.fit(make_data(), epochs=1, batch_size=1, shuffle=False)
         skip_weights = det2.head.weight.detach()
         torch.save(

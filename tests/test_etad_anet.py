@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "etad_anet.py"
 TINY = ["--num-videos", "8", "--num-snippets", "16", "--batch-size", "2", "--no-progress"]
 
 
-def run(*args: object) -> subprocess.CompletedProcess[str]:
+def run(*args: object, returncode: int = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)],
@@ -26,7 +26,7 @@ def run(*args: object) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -58,7 +58,13 @@ def test_one_epoch_writes_every_output(trained: tuple[Path, Path]) -> None:
 
 def test_resume_continues_from_the_checkpoint(trained: tuple[Path, Path]) -> None:
     data, out = trained
-    proc = run("--epochs", "2", "--resume", "--data-root", data, "--output-dir", out, *TINY)
+    before = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    common = ["--data-root", data, "--output-dir", out, *TINY]
+    # Another --epochs reshapes the schedule: refused, naming the setting, unless overridden.
+    refused = run("--epochs", "2", "--resume", *common, returncode=2)
+    assert "epochs: checkpoint 1, now 2" in refused.stderr and "--resume-override" in refused.stderr
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == before
+    proc = run("--epochs", "2", "--resume", "--resume-override", *common)
     steps = sorted(int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.pt"))
     assert steps[-1] == 2 * steps[0], steps  # one more epoch of the same number of steps
     assert "average" in proc.stdout
@@ -135,24 +141,24 @@ def test_features_mode_trains_the_detector_only(
 # ------------------------------------------------------------------ the class head, in process
 
 
-def _script():
+def _detector_module():
     sys.path.insert(0, str(SCRIPT.parent))
-    import etad_anet
+    from etad import detector
 
-    return etad_anet
+    return detector
 
 
 def test_snippet_targets_label_the_snippets_whose_centre_an_instance_covers() -> None:
     import torch
 
-    targets = _script().snippet_class_targets(
+    targets = _detector_module().snippet_class_targets(
         torch.tensor([[0.1, 0.3], [0.5, 0.9]]), torch.tensor([2, 1]), 10, background=4
     )
     # centres 0.05, 0.15, ..., 0.95: 0.15 and 0.25 in the first, 0.55-0.85 in the second
     assert targets.tolist() == [4, 2, 2, 4, 4, 1, 1, 1, 1, 4]
     # a video without instances: all background
     empty = torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
-    assert _script().snippet_class_targets(*empty, 5, background=4).tolist() == [4] * 5
+    assert _detector_module().snippet_class_targets(*empty, 5, background=4).tolist() == [4] * 5
 
 
 @pytest.mark.parametrize("head", ["snippet", "attention", "mean"])
@@ -162,7 +168,7 @@ def test_class_heads_learn_a_toy_set_and_give_video_scores(head: str) -> None:
     from etad import ETADConfig
 
     torch.manual_seed(0)
-    etad_anet = _script()
+    etad_anet = _detector_module()
     config = ETADConfig.small(in_channels=8, temporal_scale=16, max_duration=16)
     detector = etad_anet.Detector(config, num_classes=3, class_head=head)
     # the class shows as a bump in channel `label` inside the instance

@@ -95,14 +95,15 @@ def assert_same_grads(a, b, rtol):
         assert err <= rtol, f"{name}: relative error {err:.3g}"
 
 
+@pytest.mark.parametrize("k1", [None, 8])
 @pytest.mark.parametrize("k", [1, 3, 4, 16])
-def test_ratio_one_equals_end_to_end_float64(k):
+def test_ratio_one_equals_end_to_end_float64(k, k1):
     snippets = torch.randn(2, 7, 2, 6, 6, dtype=torch.float64)
     enc, det = models()
     end_to_end(enc, det, snippets)
     reference = grads(enc, det)
     enc, det = models()
-    sgs_grads(enc, det, snippets, micro_batch_size=k, ratio=1.0)
+    sgs_grads(enc, det, snippets, micro_batch_size=k, encode_batch_size=k1, ratio=1.0)
     assert_same_grads(grads(enc, det), reference, 1e-10)
 
 
@@ -116,15 +117,15 @@ def test_ratio_one_equals_end_to_end_float32():
     assert_same_grads(grads(enc, det), reference, 1e-5)
 
 
+@pytest.mark.parametrize("k1", [None, 7])
 @pytest.mark.parametrize("grad_scale", ["none", "unbiased"])
 @pytest.mark.parametrize("ratio", [0.1, 0.3, 0.75])
-def test_partial_ratio_equals_masked_end_to_end(ratio, grad_scale):
+def test_partial_ratio_equals_masked_end_to_end(ratio, grad_scale, k1):
     snippets = torch.randn(2, 10, 2, 6, 6, dtype=torch.float64)
     enc, det = models()
     gen = torch.Generator().manual_seed(3)
-    sgs, _ = sgs_grads(
-        enc, det, snippets, micro_batch_size=3, ratio=ratio, grad_scale=grad_scale, generator=gen
-    )
+    sgs, _ = sgs_grads(enc, det, snippets, micro_batch_size=3, encode_batch_size=k1,
+                       ratio=ratio, grad_scale=grad_scale, generator=gen)  # fmt: skip
     got = grads(enc, det)
     # Replay the same draw to learn which snippets were sampled.
     from sgs_tad.samplers import make_sampler
@@ -151,15 +152,16 @@ def test_ratio_zero_is_frozen_encoder():
     assert sgs.stats.recompute_calls == 0
 
 
+@pytest.mark.parametrize("k1", [None, 16])
 @pytest.mark.parametrize("ratio", [0.3, 1.0])
-def test_dropout_masks_are_replayed(ratio):
-    """With dropout, the recompute must see the phase-1 masks: compare with a run that uses the
-    same masks end to end (dropout replaced by the masks recorded during phase 1)."""
+def test_dropout_masks_are_replayed(ratio, k1):
+    """With dropout, the recompute must see the phase-1 masks (the determinism check inside
+    backward compares the recomputed features with phase 1's), whatever the phase-1 size."""
     torch.manual_seed(0)
     snippets = torch.randn(2, 6, 2, 6, 6, dtype=torch.float64)
     enc, det = models(dropout=0.5)
     torch.manual_seed(123)
-    sgs = SequentializedGradientSampler(enc, micro_batch_size=4, ratio=ratio)
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=4, encode_batch_size=k1, ratio=ratio)
     feats = sgs.encode(snippets)  # determinism check inside backward compares features
     loss_of(det, feats).backward()
     before = torch.get_rng_state()
@@ -267,22 +269,27 @@ def test_lazy_source_decodes_only_micro_batches():
 
 
 @pytest.mark.parametrize(
-    ("lengths", "k", "ratio"), [((7, 5), 4, 0.3), ((10,), 3, 1.0), ((1, 2, 9), 2, 0.5)]
-)
-def test_encoder_call_counts(lengths, k, ratio):
+    ("lengths", "k", "k1", "ratio"),
+    [((7, 5), 4, None, 0.3), ((10,), 3, None, 1.0), ((1, 2, 9), 2, None, 0.5),
+     ((7, 5), 4, 16, 0.3), ((1, 2, 9), 2, 5, 0.5), ((10,), 3, 8, 1.0)],
+)  # fmt: skip
+def test_encoder_call_counts(lengths, k, k1, ratio):
     videos = [torch.randn(n, 2, 6, 6) for n in lengths]
     enc, det = models(torch.float32)
-    sgs = SequentializedGradientSampler(enc, micro_batch_size=k, ratio=ratio)
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=k, encode_batch_size=k1, ratio=ratio)
     feats = sgs.encode(videos)
     total = sum(lengths)
-    assert len(enc.calls) == -(-total // k)
-    assert all(m <= k for m in enc.calls) and sum(enc.calls) == total
+    sampled = sum(num_sampled(n, ratio) for n in lengths)
+    # Phase 1: the sampled snippets in micro-batches of K (those phase 3 replays), then the
+    # others in micro-batches of the phase-1 size.
+    assert len(enc.calls) == -(-sampled // k) + -(-(total - sampled) // (k1 or k))
+    assert enc.calls[: -(-sampled // k)] == [min(k, sampled - i) for i in range(0, sampled, k)]
+    assert all(m <= max(k, k1 or k) for m in enc.calls) and sum(enc.calls) == total
     assert all(p == (True, False) for p in enc.phases)
     enc.calls.clear()
     enc.phases.clear()
     loss_of(det, feats, sgs.mask(feats)).backward()
     sgs.backward(videos, feats)
-    sampled = sum(num_sampled(n, ratio) for n in lengths)
     assert len(enc.calls) == -(-sampled // k) == sgs.stats.recompute_calls
     assert all(m <= k for m in enc.calls)
     assert all(p == (False, True) for p in enc.phases)

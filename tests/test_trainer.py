@@ -11,7 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from sgs_tad import (
+    EndToEnd,
+    SequentializedGradientSampler,
+    SnippetReadError,
+    freeze_norm_layers,
+    freeze_stages,
+)
 from sgs_tad.callbacks import Callback
+from sgs_tad.optimization import adamw, step_decay
 from sgs_tad.trainer import NO_GRAD_FEATURES_MESSAGE, SGSTrainer
 
 S = (2, 3)  # snippet shape
@@ -38,11 +46,11 @@ def make_data(n_videos: int = 4, lengths: tuple[int, ...] = (5, 7, 6, 5), seed: 
     ]
 
 
-def masked_step(detector: nn.Module, trainer_box: list):
+def masked_step(detector: nn.Module):
     """detector_step: mean over each video's valid snippets, then mean over videos."""
 
-    def step(feats: torch.Tensor, batch) -> torch.Tensor:
-        mask = trainer_box[0].sgs.mask(feats)  # [B, N_max]
+    def step(feats: torch.Tensor, batch, info) -> torch.Tensor:
+        mask = info.mask  # [B, N_max]
         scores = detector(feats).squeeze(-1)  # [B, N_max]
         per_video = (scores * mask).sum(1) / mask.sum(1)
         return (per_video - torch.stack(batch["target"])).square().mean()
@@ -50,17 +58,27 @@ def masked_step(detector: nn.Module, trainer_box: list):
     return step
 
 
+ENGINE_OPTIONS = ("micro_batch_size", "encode_batch_size", "ratio", "sampler", "grad_scale")
+LR_OPTIONS = ("encoder_lr", "detector_lr", "weight_decay")
+
+
 def build(**kwargs) -> SGSTrainer:
+    """A trainer on the test models; engine and learning-rate options are routed to them."""
     encoder, detector = kwargs.pop("encoder", None), kwargs.pop("detector", None)
     encoder = encoder or make_encoder()
     detector = detector or make_detector()
-    box: list = []
     if "loss_fn" not in kwargs and "detector_step" not in kwargs:
-        kwargs["detector_step"] = masked_step(detector, box)
-    kwargs.setdefault("ratio", 1.0)
-    trainer = SGSTrainer(encoder, detector, **kwargs)
-    box.append(trainer)
-    return trainer
+        kwargs["detector_step"] = masked_step(detector)
+    engine_options = {k: kwargs.pop(k) for k in ENGINE_OPTIONS if k in kwargs}
+    engine_options.setdefault("ratio", 1.0)
+    engine_options["on_nonfinite_grad"] = "skip"
+    lrs = {k: kwargs.pop(k) for k in LR_OPTIONS if k in kwargs}
+    if lrs:
+        kwargs["optimizer"] = adamw(**lrs)
+    if "lr_milestones" in kwargs:
+        kwargs["scheduler"] = step_decay(milestones=kwargs.pop("lr_milestones"))
+    engine = SequentializedGradientSampler(encoder, **engine_options)
+    return SGSTrainer(engine, detector, **kwargs)
 
 
 def reference_loss(encoder: nn.Module, detector: nn.Module, items: list) -> torch.Tensor:
@@ -157,7 +175,7 @@ def test_gradient_clipping_bounds_the_global_norm():
 def test_nonfinite_loss_policy(policy):
     calls = []
 
-    def step(feats, batch):
+    def step(feats, batch, info):
         calls.append(1)
         loss = feats.square().mean()
         return loss + (float("nan") if len(calls) == 2 else 1.0)
@@ -189,11 +207,11 @@ def test_amp_runs_all_phases(amp):
 
 
 def test_loss_fn_path_and_loss_dict_with_logged_parts(tmp_path):
-    def loss_fn(scores, batch):  # equal lengths: no mask needed
+    def loss_fn(scores, batch, info):  # equal lengths: no mask needed
         loss = (scores.mean(dim=(1, 2)) - torch.stack(batch["target"])).square().mean()
         return {"final_loss": loss, "aux": loss.detach() * 2}
 
-    trainer = build(loss_fn=loss_fn, log_dir=tmp_path, log_every=1)
+    trainer = build(loss_fn=loss_fn, loss_key="final_loss", log_dir=tmp_path, log_every=1)
     trainer.fit(make_data(2, lengths=(5,)), epochs=1)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -227,24 +245,26 @@ def test_phase_summary_covers_the_phases():
 def test_evaluate_weighted_mean_restores_modes_and_sampler_state():
     trainer = build(ratio=0.5)
     trainer.encoder.train()
-    state = trainer.sgs.generator.get_state()
+    state = trainer.engine.generator.get_state()
     seen_modes = []
 
-    def eval_step(feats, batch):
+    def eval_step(feats, batch, info):
         seen_modes.append(trainer.encoder.training)
         return {"n": float(feats.shape[1])}
 
     metrics = trainer.evaluate(make_data(3, lengths=(4, 4, 10)), eval_step, batch_size=2)
     assert metrics["n"] == pytest.approx((2 * 4 + 1 * 10) / 3)  # batches [4,4], [10]
     assert seen_modes == [False, False] and trainer.encoder.training
-    assert torch.equal(trainer.sgs.generator.get_state(), state)
+    assert torch.equal(trainer.engine.generator.get_state(), state)
 
 
 def test_frozen_stages_and_frozen_norm():
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 8))
     with pytest.raises(ValueError, match="BatchNorm"):
         build(encoder=encoder)
-    trainer = build(encoder=encoder, freeze_norm=True, frozen_stages=["1"], encoder_lr=0.1)
+    encoder = freeze_norm_layers(encoder)
+    freeze_stages(encoder, ["1"])
+    trainer = build(encoder=encoder, encoder_lr=0.1)
     frozen = trainer.encoder[1].weight.detach().clone()
     last = trainer.encoder[3].weight.detach().clone()
     trainer.fit(make_data(2), epochs=1)
@@ -310,15 +330,15 @@ def test_callback_order():
 
 def test_bad_options_name_the_value_and_the_fix():
     with pytest.raises(ValueError, match="exactly one of loss_fn"):
-        SGSTrainer(make_encoder(), make_detector())
+        SGSTrainer(SequentializedGradientSampler(make_encoder()), make_detector())
+    with pytest.raises(TypeError, match=r"not the encoder module .*Wrap it"):
+        SGSTrainer(make_encoder(), make_detector(), loss_fn=lambda *a: a[0].sum())
     with pytest.raises(ValueError, match="amp must be one of"):
         build(amp="fp8")
     with pytest.raises(ValueError, match="accumulation_steps"):
         build(accumulation_steps=0)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         build(checkpoint_every=5)
-    with pytest.raises(ValueError, match="set by the trainer"):
-        build(sgs_options={"ratio": 0.5})
     with pytest.raises(TypeError, match="factory"):
         enc, det = make_encoder(), make_detector()
         build(encoder=enc, detector=det, optimizer=torch.optim.SGD(enc.parameters(), lr=1))
@@ -328,7 +348,7 @@ def test_bad_options_name_the_value_and_the_fix():
 
 def test_positive_ratio_with_a_fully_frozen_encoder_is_refused():
     encoder = make_encoder().requires_grad_(False)
-    with pytest.raises(ValueError, match=r"ratio=0.3 .*none of its parameters"):
+    with pytest.raises(ValueError, match=r"ratio > 0.*none of its parameters"):
         build(encoder=encoder, ratio=0.3)
     build(encoder=make_encoder().requires_grad_(False), ratio=0.0).fit(make_data(1), epochs=1)
 
@@ -340,12 +360,12 @@ def test_empty_data_and_missing_keys():
         build(required_keys=["segments"]).fit(make_data(1), epochs=1)
     with pytest.raises(ValueError, match="no 'snippets'"):
         build().fit([{"video": torch.zeros(3, 2, 3)}], epochs=1)
-    with pytest.raises(ValueError, match="no 'final_loss'"):
-        build(detector_step=lambda f, b: {"loss": f.sum()}).fit(make_data(1), epochs=1)
+    with pytest.raises(ValueError, match="no 'loss'"):
+        build(detector_step=lambda f, b, i: {"total": f.sum()}).fit(make_data(1), epochs=1)
 
 
 def test_detector_that_cuts_the_graph_is_reported_loudly():
-    def step(feats, batch):
+    def step(feats, batch, info):
         with torch.no_grad():
             padded = feats.clone()
         return padded.sum() * 0 + feats.new_ones(()).requires_grad_()
@@ -367,6 +387,10 @@ def test_detector_that_cuts_the_graph_is_reported_loudly():
         "optimization",
         "callbacks",
         "adapters",
+        "engine",
+        "rng",
+        "steps",
+        "microbatch",
     ],
 )
 def test_docstring_examples_run(name):
@@ -376,3 +400,104 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(f"sgs_tad.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} doctest failures in sgs_tad.{name}"
+
+
+# ------------------------------------------------------------- engines, context and policies
+
+
+def test_accumulation_over_a_generator_averages_the_short_last_window():
+    """The last window of an iterable without len (2 of 3 batches) is the mean over its own
+    two batches, as plain backprop over the same window gives (it was divided by 3)."""
+    data = make_data(5, lengths=(6,))
+    capture = GradCapture()
+
+    def frozen_sgd(enc, det):  # lr 0: the weights stay, so every window sees the same model
+        return torch.optim.SGD([*enc.parameters(), *det.parameters()], lr=0.0)
+
+    trainer = build(callbacks=[capture], accumulation_steps=3, optimizer=frozen_sgd)
+    batches = ({"snippets": [d["snippets"]], "target": [d["target"]]} for d in data)
+    trainer.fit(batches, epochs=1)
+    assert trainer.step == 2 and len(capture.grads) == 2
+    for window, items in ((0, data[:3]), (1, data[3:])):
+        encoder, detector = make_encoder(), make_detector()
+        reference_loss(encoder, detector, items).backward()
+        for prefix, module in (("encoder", encoder), ("detector", detector)):
+            for name, p in module.named_parameters():
+                got = capture.grads[window][f"{prefix}.{name}"]
+                torch.testing.assert_close(got, p.grad, msg=f"window {window} {prefix}.{name}")
+
+
+def test_end_to_end_engine_trains_through_the_trainer_like_sgs_at_ratio_one():
+    data = make_data(2, lengths=(5, 8))
+    sgs_capture, e2e_capture = GradCapture(), GradCapture()
+    build(callbacks=[sgs_capture], micro_batch_size=3).fit(
+        data, epochs=1, batch_size=2, shuffle=False
+    )
+    detector = make_detector()
+    trainer = SGSTrainer(EndToEnd(make_encoder()), detector, detector_step=masked_step(detector),
+                         callbacks=[e2e_capture])  # fmt: skip
+    trainer.fit(data, epochs=1, batch_size=2, shuffle=False)
+    for name, grad in sgs_capture.grads[0].items():
+        torch.testing.assert_close(e2e_capture.grads[0][name], grad, msg=name)
+
+
+def test_step_info_has_mask_lengths_position_and_a_reproducible_generator():
+    seen = []
+
+    def step(feats, batch, info):
+        seen.append((info.lengths, info.mask.sum(1).tolist(), info.step, info.epoch,
+                     info.rank, torch.rand(2, generator=info.generator)))  # fmt: skip
+        return feats.square().mean()
+
+    build(detector_step=step, seed=3).fit(make_data(4, lengths=(5, 7)), epochs=1,
+                                          batch_size=2, shuffle=False)  # fmt: skip
+    again = []
+    build(detector_step=lambda f, b, i: again.append(torch.rand(2, generator=i.generator))
+          or f.square().mean(), seed=3).fit(make_data(4, lengths=(5, 7)), epochs=1,
+                                            batch_size=2, shuffle=False)  # fmt: skip
+    assert [s[:5] for s in seen] == [([5, 7], [5, 7], 0, 0, 0), ([5, 7], [5, 7], 1, 0, 0)]
+    assert all(torch.equal(a[5], b) for a, b in zip(seen, again))
+    assert not torch.equal(seen[0][5], seen[1][5])
+
+
+def test_nonfinite_weights_after_a_step_raise_naming_the_parameter():
+    def factory(enc, det):
+        return torch.optim.SGD([*enc.parameters(), *det.parameters()], lr=float("inf"))
+
+    trainer = build(optimizer=factory)
+    with pytest.raises(FloatingPointError, match=r"step 0 made parameters non-finite: \['encoder"):
+        trainer.fit(make_data(2), epochs=1)
+
+
+def test_a_run_whose_every_loss_is_nan_stops_with_an_error():
+    trainer = build(detector_step=lambda f, b, i: f.sum() * float("nan"), max_consecutive_skips=3)
+    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row were skipped"):
+        trainer.fit(make_data(5), epochs=1)
+    assert trainer.skipped_steps == 3
+    with pytest.raises(ValueError, match="max_consecutive_skips must be None or an int >= 1"):
+        build(max_consecutive_skips=0)
+
+
+class BadSource:
+    """A source whose decoder fails on the first request, as a corrupt video does."""
+
+    def __len__(self) -> int:
+        return 5
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        raise SnippetReadError("corrupt frames in bad.mp4", video_id="bad", path="bad.mp4")
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_an_unreadable_video_is_skipped_and_counted_or_raised(policy):
+    data = make_data(3)
+    data.insert(1, {"snippets": BadSource(), "target": torch.tensor(0.0)})
+    trainer = build(on_bad_video=policy)
+    if policy == "raise":
+        with pytest.raises(SnippetReadError, match="bad.mp4"):
+            trainer.fit(data, epochs=1, shuffle=False)
+        return
+    summary = trainer.fit(data, epochs=1, shuffle=False)
+    assert [b["video_id"] for b in summary["bad_videos"]] == ["bad"]
+    assert summary["bad_videos"][0]["path"] == "bad.mp4"
+    assert trainer.step == 4 and summary["skipped_steps"] == 0

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from sgs_tad import SequentializedGradientSampler
 from sgs_tad.callbacks import Callback
 from sgs_tad.checkpoint import load_checkpoint
+from sgs_tad.optimization import adamw, step_decay
 from sgs_tad.trainer import SGSTrainer
 
 EPOCHS, VIDEOS, BATCH = 3, 8, 2  # 4 steps per epoch, 12 in all
@@ -35,36 +37,32 @@ def make_data() -> list:
     ]
 
 
-def make_trainer(seed: int, directory, callbacks=(), width: int = 8, scheduler=None) -> SGSTrainer:
+def make_trainer(
+    seed: int, directory, callbacks=(), width: int = 8, scheduler=None, settings=None
+) -> SGSTrainer:
     encoder, detector = make_models(seed, width)
-    box: list = []
 
-    def step(feats, batch):
-        mask = box[0].sgs.mask(feats)
+    def step(feats, batch, info):
+        mask = info.mask
         scores = detector(feats).squeeze(-1)
         per_video = (scores * mask).sum(1) / mask.sum(1)
         loss = (per_video - torch.stack(batch["target"])).square().mean()
         # Python and numpy randomness too, to check that their states are restored.
         return loss * (1 + 0.01 * random.random() + 0.01 * float(np.random.rand()))
 
-    trainer = SGSTrainer(
-        encoder,
+    return SGSTrainer(
+        SequentializedGradientSampler(encoder, ratio=0.5, micro_batch_size=3),
         detector,
         detector_step=step,
-        ratio=0.5,
-        micro_batch_size=3,
-        encoder_lr=1e-2,
-        detector_lr=1e-2,
-        lr_milestones=(1,),
-        scheduler=scheduler,
+        optimizer=adamw(encoder_lr=1e-2, detector_lr=1e-2),
+        scheduler=scheduler or step_decay(milestones=(1,)),
         checkpoint_dir=directory,
         checkpoint_every=2,
         keep_last=2,
         seed=11,
+        settings=settings,
         callbacks=callbacks,
     )
-    box.append(trainer)
-    return trainer
 
 
 class StopAt(Callback):
@@ -165,7 +163,7 @@ def test_a_changed_world_size_is_explained(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_resume_from_an_explicit_file_and_from_an_empty_directory(tmp_path):
+def test_resume_from_an_explicit_file_and_from_an_empty_directory(tmp_path, caplog):
     trainer = make_trainer(0, tmp_path / "a", callbacks=[StopAt(2)])
     trainer.fit(make_data(), epochs=EPOCHS, batch_size=BATCH)
     path = trainer.checkpoints.checkpoints()[-1]
@@ -173,5 +171,35 @@ def test_resume_from_an_explicit_file_and_from_an_empty_directory(tmp_path):
     again.fit(make_data(), epochs=EPOCHS, batch_size=BATCH, resume=path)
     assert again.step == 3
     fresh = make_trainer(3, tmp_path / "empty", callbacks=[StopAt(1)])
-    fresh.fit(make_data(), epochs=EPOCHS, batch_size=BATCH, resume=True)  # nothing to resume
+    with caplog.at_level("WARNING"):
+        fresh.fit(make_data(), epochs=EPOCHS, batch_size=BATCH, resume=True)  # nothing there
     assert fresh.step == 1
+    assert "no checkpoint in" in caplog.text
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each_unless_overridden(tmp_path):
+    settings = {"seed": 0, "epochs": 3, "batch_size": 2}
+    trainer = make_trainer(0, tmp_path, callbacks=[StopAt(2)], settings=settings)
+    trainer.fit(make_data(), epochs=EPOCHS, batch_size=BATCH)
+    changed = {"seed": 1, "epochs": 3, "batch_size": 4}
+    fresh = make_trainer(0, tmp_path, settings=changed)
+    before = [p.detach().clone() for p in fresh.parameters]
+    with pytest.raises(ValueError, match=r"batch_size: checkpoint 2, now 4; seed: checkpoint 0"):
+        fresh.fit(make_data(), epochs=EPOCHS, batch_size=BATCH, resume=True)
+    assert fresh.step == 0 and all(torch.equal(a, b) for a, b in zip(before, fresh.parameters))
+    fresh = make_trainer(0, tmp_path, settings=changed, callbacks=[StopAt(3)])
+    fresh.fit(make_data(), epochs=EPOCHS, batch_size=BATCH, resume=True, resume_override=True)
+    assert fresh.step == 3
+
+
+def test_a_version_1_checkpoint_without_settings_still_loads(tmp_path):
+    trainer = make_trainer(0, tmp_path, callbacks=[StopAt(2)])
+    trainer.fit(make_data(), epochs=EPOCHS, batch_size=BATCH)
+    state = load_checkpoint(trainer.checkpoints.checkpoints()[-1])
+    state.pop("settings")
+    state["version"] = 1
+    fresh = make_trainer(1, tmp_path, settings={"seed": 5})
+    fresh.load_state_dict(state)
+    assert fresh.step == 2
+    for a, b in zip(fresh.parameters, trainer.parameters):
+        assert torch.equal(a, b)

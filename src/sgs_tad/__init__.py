@@ -4,20 +4,26 @@ The public names most users need are re-exported here; everything else lives in 
 named after its concept (``sgs_tad.samplers``, ``sgs_tad.proposals``, ``sgs_tad.norm`` …).
 """
 
+from .engine import EndToEnd, Engine
 from .norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
 from .phase import is_encoding, is_recomputing
 from .proposals import ProposalMap, sample_proposals
 from .samplers import make_sampler
 from .sgs import SequentializedGradientSampler
-from .sources import SnippetSource, TensorSource
+from .sources import SnippetReadError, SnippetSource, TensorSource
+from .steps import StepInfo
 from .trainer import SGSTrainer
 
 __all__ = [
+    "EndToEnd",
+    "Engine",
     "FrozenBatchNorm",
     "ProposalMap",
     "SGSTrainer",
     "SequentializedGradientSampler",
+    "SnippetReadError",
     "SnippetSource",
+    "StepInfo",
     "TensorSource",
     "freeze_norm_layers",
     "freeze_stages",

@@ -21,6 +21,7 @@ padding instead (``examples/actionformer_e2e.py`` shows the ten lines).
 Example:
     >>> import torch
     >>> from torch import nn
+    >>> from sgs_tad import StepInfo
     >>> class Toy(nn.Module):                     # same interface as ActionFormer
     ...     def __init__(self):
     ...         super().__init__()
@@ -34,12 +35,12 @@ Example:
     >>> model = Toy()
     >>> feats = torch.randn(2, 3, 4, requires_grad=True)   # [B, N_max, C]
     >>> batch = {"snippets": [torch.zeros(3, 1), torch.zeros(3, 1)]}
-    >>> step = video_list_step(model, keys=())
-    >>> step(feats, batch)["final_loss"].backward()
+    >>> step, info = video_list_step(model, keys=()), StepInfo.from_lengths([3, 3])
+    >>> step(feats, batch, info)["final_loss"].backward()
     >>> feats.grad is None                            # the no_grad padding cut the graph
     True
     >>> enable_grad(model, "preprocessing")
-    >>> step(feats, batch)["final_loss"].backward()
+    >>> step(feats, batch, info)["final_loss"].backward()
     >>> feats.grad.shape
     torch.Size([2, 3, 4])
 """
@@ -53,7 +54,8 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from .batches import SNIPPETS_KEY, check_batch
+from .batches import check_batch
+from .steps import StepInfo
 
 __all__ = ["enable_grad", "snippet_lengths", "video_list_step"]
 
@@ -71,7 +73,7 @@ def video_list_step(
     keys: Sequence[str] = ("segments", "labels"),
     feats_key: str = "feats",
     layout: Literal["CT", "TC"] = "CT",
-) -> Callable[[torch.Tensor, Mapping[str, Any]], Any]:
+) -> Callable[[torch.Tensor, Mapping[str, Any], StepInfo], Any]:
     """A ``detector_step`` that calls ``model(video_list)`` (ActionFormer's interface).
 
     Video ``i`` becomes ``{feats_key: feats[i, :N_i] ([C, N_i] for "CT"), key: batch[key][i]
@@ -86,16 +88,16 @@ def video_list_step(
         layout: ``"CT"`` gives ``[C, N_i]`` (ActionFormer), ``"TC"`` gives ``[N_i, C]``.
 
     Returns:
-        ``detector_step(feats, batch)`` for :class:`~sgs_tad.trainer.SGSTrainer`.
+        ``detector_step(feats, batch, info)`` for :class:`~sgs_tad.trainer.SGSTrainer`.
     """
     if layout not in ("CT", "TC"):
         raise ValueError(f"layout must be one of ['CT', 'TC']; got {layout!r}.")
     if isinstance(keys, str):
         raise TypeError(f"keys must be a sequence of names, got the string {keys!r}.")
 
-    def detector_step(feats: torch.Tensor, batch: Mapping[str, Any]) -> Any:
+    def detector_step(feats: torch.Tensor, batch: Mapping[str, Any], info: StepInfo) -> Any:
         check_batch(batch, tuple(keys))
-        lengths = snippet_lengths(batch[SNIPPETS_KEY])
+        lengths = info.lengths
         if len(lengths) != feats.shape[0]:
             raise ValueError(
                 f"the batch has {len(lengths)} videos but the features have B ="

@@ -1,4 +1,4 @@
-"""Atomic, verified training checkpoints and the random states a bit-identical resume needs.
+"""Atomic, verified training checkpoints (the random states they hold live in :mod:`sgs_tad.rng`).
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk
 (``fsync``) and renamed over its final name, so a crash or a SIGKILL mid-write never leaves a
@@ -24,27 +24,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "atomic_save",
-    "capture_rng_state",
     "check_resumable",
+    "check_settings",
     "describe_shape_mismatch",
     "load_checkpoint",
     "model_fingerprint",
     "parameter_shapes",
-    "restore_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,63 +237,6 @@ class CheckpointManager:
         return None
 
 
-# --------------------------------------------------------------------------- random states
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The global random states a resume must restore, in a ``weights_only``-safe form.
-
-    Returns:
-        ``{"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}, "python": tuple}``.
-        CUDA states are captured only when CUDA is initialised (capturing would otherwise
-        create a CUDA context).
-    """
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    cuda: list[torch.Tensor] = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda = list(torch.cuda.get_rng_state_all())
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": cuda,
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`capture_rng_state` captured (CUDA states only if CUDA is here)."""
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        if len(cuda) != torch.cuda.device_count():
-            logger.warning(
-                "the checkpoint holds %d CUDA RNG states but %d devices are visible; CUDA"
-                " random streams are not restored.",
-                len(cuda),
-                torch.cuda.device_count(),
-            )
-        else:
-            torch.cuda.set_rng_state_all(cuda)
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["kind"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
 # ----------------------------------------------------------------------------- fingerprints
 
 
@@ -384,3 +324,41 @@ def check_resumable(
             " weights/optimizer/step and restart the interrupted epoch."
         )
     return same_world
+
+
+def check_settings(
+    saved: Mapping[str, Any] | None,
+    current: Mapping[str, Any] | None,
+    *,
+    source: str,
+    override: bool = False,
+) -> list[str]:
+    """Compare the run settings stored in a checkpoint with this run's.
+
+    Returns:
+        One ``"name: checkpoint X, now Y"`` line per setting that differs (logged as a
+        warning when ``override``).
+
+    Raises:
+        ValueError: settings differ and ``override`` is false; the message names each.
+    """
+    if not saved or current is None:
+        return []
+    names = sorted(set(saved) | set(current))
+    missing = object()
+    diffs = [
+        f"{name}: checkpoint {saved.get(name, '<unset>')!r}, now {current.get(name, '<unset>')!r}"
+        for name in names
+        if saved.get(name, missing) != current.get(name, missing)
+    ]
+    if diffs and not override:
+        raise ValueError(
+            f"{source} was written by a run with other settings: "
+            + "; ".join(diffs)
+            + ". Resume with the same settings, use a fresh output/checkpoint directory, or"
+            " accept the change explicitly (resume_override=True; the main job's"
+            " --resume-override)."
+        )
+    for line in diffs:
+        logger.warning("resuming with a changed setting (%s)", line)
+    return diffs

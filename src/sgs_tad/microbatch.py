@@ -1,10 +1,25 @@
-"""Packing the snippets of several videos into micro-batches of at most K, and back.
+"""Packing the snippets of several videos into micro-batches, and back: the packing plan.
 
-A *slot* is one snippet of one video: ``(video, index)``. The engine decides an order of slots,
-cuts it into consecutive micro-batches of at most K slots, and for each micro-batch asks every
-video's :class:`~sgs_tad.sources.SnippetSource` only for its own snippets. Features are written
-back to their ``[B, N_max]`` position, so the order in which the encoder saw the snippets never
-leaks into the result.
+A *slot* is one snippet of one video: ``(video, index)``. A plan is an order of slots cut into
+consecutive micro-batches; for each micro-batch the engine asks every video's
+:class:`~sgs_tad.sources.SnippetSource` only for its own snippets. Features are written back to
+their ``[B, N_max]`` position, so the order in which the encoder saw the snippets never leaks
+into the result.
+
+:func:`plan_encode` makes the whole plan of one batch. With a sample drawn before phase 1
+(feature-independent samplers) the sampled slots come first, cut at K, so the leading phase-1
+micro-batches *are* the phase-3 ones: same snippets, same order, same size, hence the same
+dropout masks when their RNG states are replayed (or their graphs kept). The unsampled slots
+follow, cut at the phase-1 size, which may be larger than K: a forward without a graph keeps
+no activations, so it can run more snippets per call, and nothing of it is ever replayed.
+
+Example:
+    >>> plan = plan_encode([5, 3], 2, picks=[torch.tensor([0, 4]), torch.tensor([1])],
+    ...                    phase1_size=4)
+    >>> [len(b) for b in plan.phase1], plan.num_sampled_batches
+    ([2, 1, 4, 1], 2)
+    >>> plan.phase1[1].videos.tolist(), plan.phase1[1].positions.tolist()
+    ([1], [1])
 """
 
 from __future__ import annotations
@@ -17,7 +32,15 @@ import torch
 
 from .sources import SnippetSource, TensorSource
 
-__all__ = ["MicroBatch", "as_sources", "num_sampled", "pack"]
+__all__ = [
+    "EncodePlan",
+    "MicroBatch",
+    "as_sources",
+    "num_sampled",
+    "pack",
+    "plan_encode",
+    "plan_recompute",
+]
 
 
 def num_sampled(num_snippets: int, ratio: float) -> int:
@@ -72,6 +95,79 @@ def pack(videos: torch.Tensor, positions: torch.Tensor, size: int) -> list[Micro
         MicroBatch(videos[i : i + size], positions[i : i + size])
         for i in range(0, int(videos.numel()), size)
     ]
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """The packing of one batch: phase-1 micro-batches, the first few of which phase 3 uses.
+
+    Attributes:
+        phase1: Every micro-batch of phase 1, in call order; together they hold every slot once.
+        num_sampled_batches: How many leading ``phase1`` micro-batches hold exactly the sampled
+            slots (pre-drawn sample); phase 3 back-propagates through those and no others. 0
+            when no sample was drawn before phase 1.
+    """
+
+    phase1: list[MicroBatch]
+    num_sampled_batches: int = 0
+
+    @property
+    def sampled(self) -> list[MicroBatch]:
+        """The phase-3 micro-batches (a prefix of ``phase1``)."""
+        return self.phase1[: self.num_sampled_batches]
+
+
+def _slots(
+    lengths: Sequence[int], picks: Sequence[torch.Tensor] | None
+) -> tuple[torch.Tensor, ...]:
+    """(videos, positions) of every slot, video by video; only ``picks`` if given."""
+    if picks is None:
+        picks = [torch.arange(n) for n in lengths]
+    videos = torch.cat(
+        [torch.full((int(p.numel()),), v, dtype=torch.long) for v, p in enumerate(picks)]
+    )
+    return videos, torch.cat([p.to(torch.long) for p in picks])
+
+
+def plan_encode(
+    lengths: Sequence[int],
+    micro_batch_size: int,
+    *,
+    picks: Sequence[torch.Tensor] | None = None,
+    phase1_size: int | None = None,
+) -> EncodePlan:
+    """The phase-1 plan of a batch of videos with ``lengths`` snippets.
+
+    Args:
+        lengths: N_i of each video.
+        micro_batch_size: K, the size of the micro-batches phase 3 recomputes.
+        picks: The pre-drawn sample, one sorted index tensor per video, or ``None`` (no sample
+            before phase 1: feature-guided sampler, frozen encoder, inference).
+        phase1_size: Size of the micro-batches that phase 3 never sees (default K).
+    """
+    size = phase1_size or micro_batch_size
+    if picks is None:
+        videos, positions = _slots(lengths, None)
+        return EncodePlan(pack(videos, positions, size))
+    sampled_v, sampled_p = _slots(lengths, picks)
+    rest = []
+    for n, idx in zip(lengths, picks):
+        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen[idx] = True
+        rest.append((~chosen).nonzero().flatten())
+    rest_v, rest_p = _slots(lengths, rest)
+    sampled = pack(sampled_v, sampled_p, micro_batch_size)
+    return EncodePlan(sampled + pack(rest_v, rest_p, size), num_sampled_batches=len(sampled))
+
+
+def plan_recompute(picks: Sequence[torch.Tensor], micro_batch_size: int) -> list[MicroBatch]:
+    """Phase-3 micro-batches of a sample drawn after phase 1 (feature-guided samplers).
+
+    These are new micro-batches, not phase-1 ones, so phase-1 RNG states cannot be replayed
+    for them (see ``docs/transparency.md``).
+    """
+    videos, positions = _slots([int(p.numel()) for p in picks], picks)
+    return pack(videos, positions, micro_batch_size)
 
 
 def as_sources(snippets: object) -> list[SnippetSource]:

@@ -1,10 +1,29 @@
-"""The paper's optimiser and schedule (§4.1), as defaults of :class:`~sgs_tad.trainer.SGSTrainer`.
+"""Optimisers and schedules of :class:`~sgs_tad.trainer.SGSTrainer`: the one place for rates.
 
-AdamW with weight decay 1e-4 and two parameter groups: the encoder at a small learning rate
-(1e-6 for TSM, 1e-7 for R(2+1)D in the paper) and the detector at 1e-3; the learning rate is
-multiplied by 0.1 after epoch 5 of 6.
+The trainer takes *factories*: ``optimizer(encoder, detector) -> Optimizer`` and
+``scheduler(optimizer) -> LRScheduler``, because it builds them on the modules it trains. The
+learning rates are the factories' arguments and nowhere else:
+
+* :func:`adamw` (the trainer's default): the paper's AdamW (§4.1), weight decay 1e-4, two
+  parameter groups: the encoder at a small rate (1e-6 for TSM, 1e-7 for R(2+1)D in the paper)
+  and the detector at 1e-3.
+* :func:`step_decay` (the default schedule): x0.1 after epoch 5 of 6, stepped per epoch.
+* :func:`warmup_cosine`: per-step cosine with warm-up and a per-group hold.
+
+A scheduler factory's ``interval`` attribute (``"epoch"`` or ``"step"``) tells the trainer when
+to step it; a plain callable without one is stepped per epoch.
 
 Example:
+    >>> from torch import nn
+    >>> make = adamw(encoder_lr=1e-5, detector_lr=1e-3)
+    >>> opt = make(nn.Linear(2, 2), nn.Linear(2, 1))
+    >>> [g["lr"] for g in opt.param_groups]
+    [1e-05, 0.001]
+    >>> step_decay().interval, warmup_cosine(total_steps=9).interval
+    ('epoch', 'step')
+
+The functions behind them build one optimiser or schedule directly:
+
     >>> from torch import nn
     >>> opt = default_optimizer(nn.Linear(2, 2), nn.Linear(2, 1))
     >>> [g["lr"] for g in opt.param_groups], opt.defaults["weight_decay"]
@@ -16,16 +35,22 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 __all__ = [
+    "OptimizerFactory",
+    "SchedulerFactory",
+    "adamw",
     "default_optimizer",
     "default_scheduler",
+    "step_decay",
     "trainable_parameters",
+    "warmup_cosine",
     "warmup_cosine_scheduler",
 ]
 
@@ -107,7 +132,7 @@ def warmup_cosine_scheduler(
     the detector's input while the detector is still learning to read it; holding the encoder
     (``delay_steps={"encoder": n}``) until the detector has settled, then warming it up, keeps
     the two from chasing each other. Step it after every optimizer step
-    (``SGSTrainer(..., scheduler_interval="step")``).
+    (:func:`warmup_cosine` is the factory that tells the trainer so).
 
     Args:
         optimizer: its groups may carry a ``"name"`` (as :func:`default_optimizer` sets).
@@ -162,4 +187,75 @@ def warmup_cosine_scheduler(
 
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, [factor(delays.get(n, 0) if n is not None else 0) for n in names]
+    )
+
+
+# ------------------------------------------------------------------------------ factories
+
+OptimizerFactory = Callable[[nn.Module, nn.Module], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class SchedulerFactory:
+    """``factory(optimizer) -> scheduler``, with when the trainer steps it.
+
+    Attributes:
+        build: Makes the scheduler for an optimizer.
+        interval: ``"epoch"`` (after each epoch) or ``"step"`` (after each optimizer step).
+    """
+
+    build: Callable[[torch.optim.Optimizer], Any]
+    interval: Literal["epoch", "step"] = "epoch"
+
+    def __call__(self, optimizer: torch.optim.Optimizer) -> Any:
+        return self.build(optimizer)
+
+
+def adamw(
+    *, encoder_lr: float = 1e-6, detector_lr: float = 1e-3, weight_decay: float = 1e-4
+) -> OptimizerFactory:
+    """The paper's AdamW as an optimizer factory (see :func:`default_optimizer`)."""
+    for name, value in (("encoder_lr", encoder_lr), ("detector_lr", detector_lr)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0; got {value!r}.")
+
+    def factory(encoder: nn.Module, detector: nn.Module) -> torch.optim.Optimizer:
+        return default_optimizer(
+            encoder,
+            detector,
+            encoder_lr=encoder_lr,
+            detector_lr=detector_lr,
+            weight_decay=weight_decay,
+        )
+
+    return factory
+
+
+def step_decay(*, milestones: Sequence[int] = (5,), gamma: float = 0.1) -> SchedulerFactory:
+    """Step decay per epoch (see :func:`default_scheduler`); ``milestones=()`` is constant."""
+    milestones = list(milestones)
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
+        raise ValueError(f"milestones must be epochs (ints >= 1); got {milestones!r}.")
+    return SchedulerFactory(
+        lambda opt: default_scheduler(opt, milestones=milestones, gamma=gamma), "epoch"
+    )
+
+
+def warmup_cosine(
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    delay_steps: Mapping[str, int] | None = None,
+    final_factor: float = 0.01,
+) -> SchedulerFactory:
+    """Per-step warm-up and cosine (see :func:`warmup_cosine_scheduler`), stepped per step."""
+    return SchedulerFactory(
+        lambda opt: warmup_cosine_scheduler(
+            opt,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            delay_steps=delay_steps,
+            final_factor=final_factor,
+        ),
+        "step",
     )

@@ -40,17 +40,35 @@ from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import phase
-from .microbatch import MicroBatch, as_sources, num_sampled, pack
+from .microbatch import (
+    EncodePlan,
+    MicroBatch,
+    as_sources,
+    num_sampled,
+    plan_encode,
+    plan_recompute,
+)
 from .norm import training_batchnorms
-from .rng import RNGState, capture_rng_state, replay_rng_state
+from .rng import RNGState, capture_replay_state, replay_rng_state
 from .sources import SnippetSource
 
-__all__ = ["SGSStats", "SequentializedGradientSampler"]
+__all__ = ["NO_GRAD_FEATURES_MESSAGE", "SGSStats", "SequentializedGradientSampler"]
 
 logger = logging.getLogger(__name__)
 
 SnippetInput = Any  # tensor [B, N, *S] | list of tensors [N_i, *S] | list of SnippetSource
 SamplerFn = Callable[..., torch.Tensor]
+
+NO_GRAD_FEATURES_MESSAGE = (
+    "the detector's backward left no gradient on the encoder features (feats.grad is None),"
+    " so the encoder would silently never train. The detector step cut the graph between the"
+    " features and the loss: a .detach()/.data, a numpy round trip, or padding/batching under"
+    " torch.no_grad. ActionFormer does the latter: its PtTransformer.preprocessing pads the"
+    " batch under @torch.no_grad(); replace it on your model by an out-of-place padding that"
+    " keeps the graph (examples/actionformer_e2e.py, docs/guide.md; sgs_tad.adapters."
+    "enable_grad suffices for detectors whose no_grad method works out of place). If a frozen"
+    " encoder is intended, pass ratio=0."
+)
 
 
 @dataclass
@@ -79,9 +97,8 @@ class _EncodeRecord:
     lengths: list[int]
     mask: torch.Tensor
     # Pre-drawn sample (feature-independent samplers): the phase-3 micro-batches are the first
-    # phase-1 micro-batches, replayed with their RNG states.
-    recompute: list[MicroBatch] | None
-    sampled_rows: list[torch.Tensor] | None
+    # phase-1 micro-batches (plan.sampled), replayed with their RNG states. None: draw later.
+    plan: EncodePlan | None
     rng_states: list[RNGState | None] = field(default_factory=list)
     autocast: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +128,13 @@ class SequentializedGradientSampler:
         encoder: Maps snippets ``[M, *S]`` to features ``[M, C]`` (or to anything ``pool`` turns
             into ``[M, C]``). Each snippet's feature must depend on that snippet only: see
             ``docs/transparency.md``.
-        micro_batch_size: K, snippets per encoder call, packed across videos.
+        micro_batch_size: K, snippets per encoder call with grad (phase 3), packed across
+            videos. Peak encoder memory is that of K snippets' saved activations.
+        encode_batch_size: Snippets per phase-1 call for the snippets phase 3 never re-runs
+            (default K). A forward without a graph keeps no activations, so it can run many
+            more snippets per call than K, which keeps a CPU or GPU busy. Sampled snippets
+            always run in micro-batches of exactly K in phase 1 too, so their dropout masks
+            replay exactly whatever this is.
         ratio: γ ∈ [0, 1], fraction of each video's snippets whose feature gradient is
             back-propagated into the encoder; see :func:`~sgs_tad.microbatch.num_sampled` for
             the exact count. 0 means a frozen encoder: phase 3 does nothing.
@@ -145,6 +168,7 @@ class SequentializedGradientSampler:
         encoder: nn.Module,
         *,
         micro_batch_size: int = 4,
+        encode_batch_size: int | None = None,
         ratio: float = 0.3,
         sampler: str | SamplerFn = "random",
         pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -168,6 +192,15 @@ class SequentializedGradientSampler:
                 f"micro_batch_size must be >= 1 (snippets per encoder call), got "
                 f"{micro_batch_size}. Use 1 for the smallest memory, 4 as in the paper."
             )
+        if encode_batch_size is not None and (
+            isinstance(encode_batch_size, bool)
+            or not isinstance(encode_batch_size, int)
+            or encode_batch_size < 1
+        ):
+            raise ValueError(
+                f"encode_batch_size must be None (= micro_batch_size) or an int >= 1, got "
+                f"{encode_batch_size!r}. A no-grad forward keeps no activations: try 4-16x K."
+            )
         if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
             raise ValueError(
                 f"ratio must be in [0, 1] (fraction of snippets back-propagated), got {ratio!r}. "
@@ -186,6 +219,7 @@ class SequentializedGradientSampler:
             raise TypeError(f"pool must be callable or None, got {type(pool).__name__}.")
         self.encoder = encoder
         self.micro_batch_size = micro_batch_size
+        self.encode_batch_size = encode_batch_size or micro_batch_size
         self.ratio = float(ratio)
         self.sampler = self._resolve_sampler(sampler)
         self.pool = pool
@@ -198,7 +232,7 @@ class SequentializedGradientSampler:
             # initial_seed() reads the global seed without advancing the global generator.
             generator = torch.Generator().manual_seed(torch.initial_seed())
         self.generator = generator
-        self.device = torch.device(device) if device is not None else None
+        self._device = torch.device(device) if device is not None else None
         self.stats = SGSStats()
         # feats -> record; weak keys, so a batch whose features are dropped without a backward
         # call frees its record instead of leaking it.
@@ -240,11 +274,25 @@ class SequentializedGradientSampler:
             )
 
     def _target_device(self) -> torch.device | None:
-        if self.device is not None:
-            return self.device
+        if self._device is not None:
+            return self._device
         for p in self.encoder.parameters():
             return p.device
         return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where snippets are sent: ``device=...``, else the encoder's (CPU if it has none)."""
+        return self._target_device() or torch.device("cpu")
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether :meth:`backward` puts gradient into the encoder (γ > 0)."""
+        return self.ratio > 0
+
+    def manual_seed(self, seed: int) -> None:
+        """Reseed the snippet sampler's generator (the trainer does: ``seed + rank``)."""
+        self.generator.manual_seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler generator's state (for checkpoints)."""
@@ -317,8 +365,62 @@ class SequentializedGradientSampler:
             )
         return out
 
+    def _run_plan(
+        self,
+        batches: Sequence[MicroBatch],
+        sources: Sequence[SnippetSource],
+        lengths: Sequence[int],
+        *,
+        capture: int = 0,
+    ) -> tuple[torch.Tensor, list[RNGState | None], dict[str, Any]]:
+        """Run ``batches`` without a graph into a ``[B, N_max, C]`` buffer.
+
+        RNG states are captured before each of the first ``capture`` micro-batches.
+        """
+        feats: torch.Tensor | None = None
+        rng_states: list[RNGState | None] = []
+        autocast: dict[str, Any] = {}
+        with torch.no_grad(), phase.encoding():
+            for j, batch in enumerate(batches):
+                if j < capture:
+                    rng_states.append(capture_replay_state(self.device))
+                out = self._run(batch, sources)
+                if feats is None:
+                    autocast = _autocast_state(out.device.type)
+                    feats = out.new_zeros(len(lengths), max(lengths), out.shape[1])
+                elif out.shape[1] != feats.shape[2] or out.dtype != feats.dtype:
+                    raise ValueError(
+                        f"encoder output changed between micro-batches: [{len(batch)}, "
+                        f"{out.shape[1]}] {out.dtype} after [*, {feats.shape[2]}] {feats.dtype}."
+                    )
+                # Writing into the preallocated buffer drops `out` at the next iteration: no
+                # activation of the encoder outlives its micro-batch (no graph under no_grad).
+                feats[batch.videos.to(out.device), batch.positions.to(out.device)] = out
+        assert feats is not None  # at least one snippet per video, checked in as_sources
+        return feats, rng_states, autocast
+
+    def encode_features(self, snippets: SnippetInput) -> torch.Tensor:
+        """Phase 1 alone: every snippet's feature, without a graph, for inference or frozen use.
+
+        Unlike :meth:`encode` it draws no sample, captures no RNG state and leaves nothing for
+        a :meth:`backward`: the sampler's random stream is untouched, so evaluating between
+        training steps does not change what training samples.
+
+        Args:
+            snippets: As for :meth:`encode`.
+
+        Returns:
+            Features ``[B, N_max, C]`` (no grad); rows past a video's length are zero.
+        """
+        sources = as_sources(snippets)
+        lengths = [len(s) for s in sources]
+        plan = plan_encode(lengths, self.micro_batch_size, phase1_size=self.encode_batch_size)
+        feats, _, _ = self._run_plan(plan.phase1, sources, lengths)
+        self.stats = SGSStats(encode_calls=len(plan.phase1), snippets_encoded=sum(lengths))
+        return feats
+
     def encode(self, snippets: SnippetInput) -> torch.Tensor:
-        """Phase 1: encode every snippet without a graph, K at a time.
+        """Phase 1 of a training step: encode every snippet without a graph.
 
         Args:
             snippets: A tensor ``[B, N, *S]``, a list of tensors ``[N_i, *S]``, or a list of
@@ -332,74 +434,26 @@ class SequentializedGradientSampler:
             self._check_norm()
         sources = as_sources(snippets)
         lengths = [len(s) for s in sources]
-        batch_size, n_max = len(sources), max(lengths)
         k = self.micro_batch_size
-
-        recompute: list[MicroBatch] | None = None
-        sampled_rows: list[torch.Tensor] | None = None
+        plan: EncodePlan | None = None
         if self.ratio > 0 and not self.needs_features:
-            # Draw the sample before phase 1 and put the sampled snippets first: the leading
-            # phase-1 micro-batches are then exactly the phase-3 ones (same snippets, same
-            # order), so a replayed RNG state reproduces their dropout masks.
+            # Draw the sample before phase 1; the plan puts the sampled snippets first, so the
+            # leading phase-1 micro-batches are exactly the phase-3 ones (same snippets, same
+            # order), and a replayed RNG state reproduces their dropout masks.
             picks = [self._draw(n, None) for n in lengths]
-            first_v, first_p, rest_v, rest_p = [], [], [], []
-            for v, (n, idx) in enumerate(zip(lengths, picks)):
-                chosen = torch.zeros(n, dtype=torch.bool)
-                chosen[idx] = True
-                first_v.append(torch.full((int(idx.numel()),), v, dtype=torch.long))
-                first_p.append(idx)
-                others = (~chosen).nonzero().flatten()
-                rest_v.append(torch.full((int(others.numel()),), v, dtype=torch.long))
-                rest_p.append(others)
-            order_v = torch.cat(first_v + rest_v)
-            order_p = torch.cat(first_p + rest_p)
-            n_sampled = sum(int(i.numel()) for i in picks)
-            batches = pack(order_v, order_p, k)
-            recompute = batches[: -(-n_sampled // k)]
-            # Rows of each recompute batch whose gradient is back-propagated: all but the
-            # unsampled fillers that complete the last one.
-            sampled_rows = [torch.arange(min(k, n_sampled - j * k)) for j in range(len(recompute))]
+            plan = plan_encode(lengths, k, picks=picks, phase1_size=self.encode_batch_size)
+            batches = plan.phase1
         else:
-            order_v = torch.cat(
-                [torch.full((n,), v, dtype=torch.long) for v, n in enumerate(lengths)]
-            )
-            order_p = torch.cat([torch.arange(n) for n in lengths])
-            batches = pack(order_v, order_p, k)
-
-        feats: torch.Tensor | None = None
-        rng_states: list[RNGState | None] = []
-        autocast: dict[str, Any] = {}
-        replay_count = len(recompute) if recompute is not None else 0
-        with torch.no_grad(), phase.encoding():
-            for j, batch in enumerate(batches):
-                if j < replay_count and self.preserve_rng_state:
-                    device = self._target_device() or torch.device("cpu")
-                    rng_states.append(capture_rng_state(device))
-                out = self._run(batch, sources)
-                if feats is None:
-                    autocast = _autocast_state(out.device.type)
-                    feats = out.new_zeros(batch_size, n_max, out.shape[1])
-                elif out.shape[1] != feats.shape[2] or out.dtype != feats.dtype:
-                    raise ValueError(
-                        f"encoder output changed between micro-batches: [{len(batch)}, "
-                        f"{out.shape[1]}] {out.dtype} after [*, {feats.shape[2]}] {feats.dtype}."
-                    )
-                # Writing into the preallocated buffer drops `out` at the next iteration: no
-                # activation of the encoder outlives its micro-batch (no graph under no_grad).
-                feats[batch.videos.to(out.device), batch.positions.to(out.device)] = out
-        assert feats is not None  # at least one snippet per video, checked in as_sources
+            batches = plan_encode(lengths, k, phase1_size=self.encode_batch_size).phase1
+        capture = plan.num_sampled_batches if plan is not None and self.preserve_rng_state else 0
+        feats, rng_states, autocast = self._run_plan(batches, sources, lengths, capture=capture)
         feats.requires_grad_(True)
 
-        mask = torch.zeros(batch_size, n_max, dtype=torch.bool, device=feats.device)
+        mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool, device=feats.device)
         for v, n in enumerate(lengths):
             mask[v, :n] = True
         self._records[feats] = _EncodeRecord(
-            lengths=lengths,
-            mask=mask,
-            recompute=recompute,
-            sampled_rows=sampled_rows,
-            rng_states=rng_states,
-            autocast=autocast,
+            lengths=lengths, mask=mask, plan=plan, rng_states=rng_states, autocast=autocast
         )
         self.stats = SGSStats(encode_calls=len(batches), snippets_encoded=sum(lengths))
         return feats
@@ -415,6 +469,10 @@ class SequentializedGradientSampler:
         Args:
             snippets: The input given to :meth:`encode` for ``feats``.
             feats: The tensor :meth:`encode` returned.
+
+        Raises:
+            RuntimeError: ``feats.grad`` is None while γ > 0 (the detector cut the graph).
+            FloatingPointError: ``feats.grad`` is not finite and ``on_nonfinite_grad="raise"``.
         """
         record = self._record(feats, "backward")
         sources = as_sources(snippets)
@@ -433,13 +491,7 @@ class SequentializedGradientSampler:
             return
         grad = feats.grad
         if grad is None:
-            raise RuntimeError(
-                "backward: feats.grad is None after the detector's backward. The detector did "
-                "not use the features, or its code detached them (e.g. .detach(), .data, "
-                "torch.no_grad around padding or batching: ActionFormer pads its inputs under "
-                "torch.no_grad). Call loss.backward() before sgs.backward(), and make sure the "
-                "loss depends on feats through operations that keep the graph."
-            )
+            raise RuntimeError(NO_GRAD_FEATURES_MESSAGE)
         if not bool(torch.isfinite(grad).all()):
             if self.on_nonfinite_grad == "skip":
                 logger.warning("non-finite feature gradient: phase 3 skipped for this batch")
@@ -451,44 +503,35 @@ class SequentializedGradientSampler:
                 "learning rate, or with fp16 + GradScaler pass on_nonfinite_grad='skip'."
             )
 
-        scale = torch.ones(len(lengths), dtype=grad.dtype, device=grad.device)
-        if record.recompute is not None:
-            batches = record.recompute
-            rows = record.sampled_rows or []
-            states: list[RNGState | None] = list(record.rng_states) or [None] * len(batches)
+        states: list[RNGState | None]
+        if record.plan is not None:
+            batches = record.plan.sampled
+            states = list(record.rng_states) or [None] * len(batches)
         else:
             # Feature-guided sampler: the sample exists only now. The sampled snippets get new
             # micro-batches, so phase-1 RNG states cannot be replayed (see docs/transparency.md).
             detached = feats.detach()
             picks = [self._draw(n, detached[v, :n]) for v, n in enumerate(lengths)]
-            order_v = torch.cat(
-                [torch.full((int(p.numel()),), v, dtype=torch.long) for v, p in enumerate(picks)]
-            )
-            order_p = torch.cat(picks)
-            batches = pack(order_v, order_p, self.micro_batch_size)
-            rows = [torch.arange(len(b)) for b in batches]
+            batches = plan_recompute(picks, self.micro_batch_size)
             states = [None] * len(batches)
+        scale = torch.ones(len(lengths), dtype=grad.dtype, device=grad.device)
         if self.grad_scale == "unbiased":
             for v, n in enumerate(lengths):
                 scale[v] = n / num_sampled(n, self.ratio)
 
-        autocast = record.autocast
         with phase.recomputing():
-            for batch, keep, state in zip(batches, rows, states):
-                with replay_rng_state(state), torch.autocast(**autocast):
+            for batch, state in zip(batches, states):
+                with replay_rng_state(state), torch.autocast(**record.autocast):
                     out = self._run(batch, sources)
                 videos = batch.videos.to(grad.device)
                 positions = batch.positions.to(grad.device)
                 if self.determinism_check:
                     self._check_same(out.detach(), feats.detach()[videos, positions])
-                keep_d = keep.to(out.device)
-                g = grad[videos[keep_d], positions[keep_d]] * scale[videos[keep_d]].unsqueeze(1)
-                # Only the sampled rows get a gradient; fillers were recomputed solely so the
-                # micro-batch matches phase 1 (same dropout masks, same kernels).
-                torch.autograd.backward(out[keep_d], g.to(out.dtype))
+                g = grad[videos, positions] * scale[videos].unsqueeze(1)
+                torch.autograd.backward(out, g.to(out.dtype))
                 self.stats.recompute_calls += 1
                 self.stats.snippets_recomputed += len(batch)
-                self.stats.snippets_sampled += int(keep.numel())
+                self.stats.snippets_sampled += len(batch)
 
     @staticmethod
     def _check_same(recomputed: torch.Tensor, original: torch.Tensor) -> None:

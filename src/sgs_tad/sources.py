@@ -24,7 +24,24 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["SnippetSource", "TensorSource"]
+__all__ = ["SnippetReadError", "SnippetSource", "TensorSource"]
+
+
+class SnippetReadError(RuntimeError):
+    """A source could not produce its snippets: an unreadable or corrupt video, a missing file.
+
+    Sources raise it (or a subclass) chained to the decoder's error, so that the trainer's
+    ``on_bad_video`` policy can skip the video and count it instead of losing the epoch.
+
+    Attributes:
+        video_id: The video's id, when the source knows it.
+        path: The file that failed, when there is one.
+    """
+
+    def __init__(self, message: str, *, video_id: str | None = None, path: object = None) -> None:
+        super().__init__(message)
+        self.video_id = video_id
+        self.path = path
 
 
 @runtime_checkable
