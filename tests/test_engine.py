@@ -105,5 +105,5 @@ def test_end_to_end_bad_options():
         EndToEnd(encoder, micro_batch_size=0)
     with pytest.raises(TypeError, match="nn.Module"):
         EndToEnd(lambda x: x)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="encode_batch_size must be None"):
+    with pytest.raises(ValueError, match="encode_batch_size must be .auto., None"):
         SequentializedGradientSampler(encoder, encode_batch_size=0)

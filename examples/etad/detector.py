@@ -15,8 +15,8 @@ Example:
     >>> segments = [torch.tensor([[0.2, 0.6]]), torch.zeros(0, 2)]
     >>> labels = [torch.tensor([1]), torch.zeros(0, dtype=torch.long)]
     >>> losses = detector(feats, segments, labels, generator=torch.Generator().manual_seed(0))
-    >>> sorted(k for k in losses if "_" not in k)[:3]
-    ['boundary', 'cls_loss', 'loss']
+    >>> "loss" in losses and "cls_loss" in losses
+    True
     >>> preds, probs = detector.eval().predict(feats)
     >>> len(preds), tuple(probs.shape)
     (2, (2, 3))

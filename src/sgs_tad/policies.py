@@ -16,11 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .engine import Engine
+
 __all__ = [
     "SkipCounter",
     "check_choice",
     "check_finite_parameters",
     "check_int",
+    "check_trainer_arguments",
     "clip_or_measure",
 ]
 
@@ -97,3 +100,52 @@ class SkipCounter:
                 " training: lower the learning rate, check the loss and the input data, or"
                 " raise max_consecutive_skips."
             )
+
+
+def check_trainer_arguments(
+    engine: Any,
+    detector: Any,
+    *,
+    loss_fn: Any,
+    detector_step: Any,
+    amp: Any,
+    nonfinite: Any,
+    on_bad_video: Any,
+    accumulation_steps: Any,
+    log_every: Any,
+    checkpoint_every: Any,
+    checkpoint_dir: Any,
+    max_consecutive_skips: Any,
+    max_grad_norm: Any,
+) -> None:
+    """Refuse :class:`~sgs_tad.SGSTrainer` arguments that cannot work, before anything is built."""
+    if isinstance(engine, nn.Module):
+        raise TypeError(
+            f"SGSTrainer takes an engine, not the encoder module ({type(engine).__name__})."
+            " Wrap it: SGSTrainer(SequentializedGradientSampler(encoder, micro_batch_size=4,"
+            " ratio=0.3), detector, ...), or sgs_tad.EndToEnd(encoder) for plain backprop."
+        )
+    if not isinstance(engine, Engine):
+        raise TypeError(
+            f"engine must implement sgs_tad.engine.Engine (encode, backward, "
+            f"encode_features, ...); got {type(engine).__name__}."
+        )
+    if not isinstance(detector, nn.Module):
+        raise TypeError(f"detector must be an nn.Module; got {type(detector).__name__}.")
+    if (loss_fn is None) == (detector_step is None):
+        raise ValueError(
+            "pass exactly one of loss_fn (loss_fn(detector(feats), batch, info) -> loss)"
+            " and detector_step (detector_step(feats, batch, info) -> loss or loss dict);"
+            " got " + ("both." if loss_fn is not None else "neither.")
+        )
+    check_choice("amp", amp, ("none", "fp16", "bf16"))
+    check_choice("nonfinite", nonfinite, ("skip", "raise"))
+    check_choice("on_bad_video", on_bad_video, ("skip", "raise"))
+    check_int("accumulation_steps", accumulation_steps, minimum=1)
+    check_int("log_every", log_every, minimum=1)
+    check_int("checkpoint_every", checkpoint_every, minimum=1, allow_none=True)
+    check_int("max_consecutive_skips", max_consecutive_skips, minimum=1, allow_none=True)
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every needs checkpoint_dir=...; pass both.")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be None or > 0; got {max_grad_norm!r}.")

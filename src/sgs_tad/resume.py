@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import distributed as dist_utils
-from .checkpoint import check_resumable, check_settings, parameter_shapes
+from .checkpoint import check_resumable, check_settings, load_checkpoint, parameter_shapes
 from .rng import capture_global_rng_state, restore_global_rng_state
 
 if TYPE_CHECKING:
     from .trainer import SGSTrainer
 
-__all__ = ["restore_trainer_state", "trainer_state", "type_name"]
+__all__ = ["restore_trainer_state", "resume_trainer", "trainer_state", "type_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,3 +121,22 @@ def restore_trainer_state(
         )  # fmt: skip
         trainer.epoch_iteration = 0
     logger.info("resumed from %s at epoch %d, step %d", source, trainer.epoch, trainer.step)
+
+
+def resume_trainer(trainer: SGSTrainer, resume: bool | str | Path, *, override: bool) -> None:
+    """What ``fit(resume=...)`` does: ``True`` takes the newest intact checkpoint of the
+    trainer's ``checkpoint_dir`` (a warning says when there is none), a path that file."""
+    if resume is not True:
+        path = str(resume)
+        trainer.load_state_dict(load_checkpoint(path), source=path, override=override)
+        return
+    if trainer.checkpoints is None:
+        raise ValueError("resume=True needs checkpoint_dir=... in SGSTrainer.")
+    found = trainer.checkpoints.load_latest()
+    if found is None:
+        logger.warning(
+            "resume requested but no checkpoint in %s: training from scratch",
+            trainer.checkpoints.directory,
+        )
+        return
+    trainer.load_state_dict(found[0], source=str(found[1]), override=override)

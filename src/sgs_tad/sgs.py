@@ -31,7 +31,10 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,7 +53,7 @@ from .microbatch import (
 )
 from .norm import training_batchnorms
 from .rng import RNGState, capture_replay_state, replay_rng_state
-from .sources import SnippetSource
+from .sources import SnippetSource, TensorSource
 
 __all__ = ["NO_GRAD_FEATURES_MESSAGE", "SGSStats", "SequentializedGradientSampler"]
 
@@ -71,6 +74,78 @@ NO_GRAD_FEATURES_MESSAGE = (
 )
 
 
+AUTO_ENCODE_FACTOR = 8  # encode_batch_size="auto": phase-1 calls of 8 K snippets
+
+
+@dataclass(frozen=True)
+class KeepBudget:
+    """How much of phase 1's sampled graphs to keep: a number of snippets, or of bytes."""
+
+    snippets: int | None = None
+    bytes: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.snippets) or bool(self.bytes)
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "ki": 2**10, "m": 10**6,
+          "mb": 10**6, "mib": 2**20, "mi": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30,
+          "gi": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40, "ti": 2**40}  # fmt: skip
+
+
+def parse_size(value: int | str, *, name: str = "size") -> int:
+    """Bytes of a size given as an int or a string such as ``"512MB"``, ``"2GiB"``, ``"1.5G"``.
+
+    Example:
+        >>> parse_size("2GB"), parse_size("512MiB"), parse_size(1024)
+        (2000000000, 536870912, 1024)
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"{name} must be a number of bytes (int >= 0) or a size such as '512MB', '2GiB' or"
+            f" '1.5G'; got {value!r}."
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _parse_keep_budget(value: int | str) -> KeepBudget:
+    if value == "all":
+        return KeepBudget(snippets=2**62)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"keep_graphs must be >= 0 snippets; got {value}.")
+        return KeepBudget(snippets=value)
+    if isinstance(value, str):
+        return KeepBudget(bytes=parse_size(value, name="keep_graphs"))
+    raise ValueError(
+        f"keep_graphs must be 0 (keep none), a number of snippets, 'all' or a size such as "
+        f"'512MB'; got {value!r}."
+    )
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes autograd saves for backward (each storage once) while active."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[int] = set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self.total += storage.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+
 @dataclass
 class SGSStats:
     """Counters of the last phase-1 and phase-3 calls (for logs and tests).
@@ -81,6 +156,9 @@ class SGSStats:
         snippets_encoded: Snippets run through the encoder in phase 1.
         snippets_recomputed: Snippets re-run with grad in phase 3 (fillers included).
         snippets_sampled: Snippets whose feature gradient reached the encoder.
+        snippets_kept: Sampled snippets whose phase-1 graph was kept (not recomputed).
+        kept_bytes: Saved-activation bytes of the kept graphs (measured when the budget is
+            in bytes, else 0).
     """
 
     encode_calls: int = 0
@@ -88,6 +166,8 @@ class SGSStats:
     snippets_encoded: int = 0
     snippets_recomputed: int = 0
     snippets_sampled: int = 0
+    snippets_kept: int = 0
+    kept_bytes: int = 0
 
 
 @dataclass
@@ -101,6 +181,8 @@ class _EncodeRecord:
     plan: EncodePlan | None
     rng_states: list[RNGState | None] = field(default_factory=list)
     autocast: dict[str, Any] = field(default_factory=dict)
+    # Outputs (with their graphs) of the leading sampled micro-batches kept in phase 1.
+    kept: list[torch.Tensor] = field(default_factory=list)
 
 
 def _autocast_state(device_type: str) -> dict[str, Any]:
@@ -130,11 +212,26 @@ class SequentializedGradientSampler:
             ``docs/transparency.md``.
         micro_batch_size: K, snippets per encoder call with grad (phase 3), packed across
             videos. Peak encoder memory is that of K snippets' saved activations.
-        encode_batch_size: Snippets per phase-1 call for the snippets phase 3 never re-runs
-            (default K). A forward without a graph keeps no activations, so it can run many
+        encode_batch_size: Snippets per phase-1 call for the snippets phase 3 never re-runs:
+            an int, ``"auto"`` (default: ``8 * K``) or ``None`` (= K, the behaviour of the
+            paper's code). A forward without a graph keeps no activations, so it can run many
             more snippets per call than K, which keeps a CPU or GPU busy. Sampled snippets
             always run in micro-batches of exactly K in phase 1 too, so their dropout masks
-            replay exactly whatever this is.
+            replay exactly whatever this is (no fallback is ever needed: the replayed
+            micro-batches are the very phase-1 calls).
+        keep_graphs: Budget for keeping, in phase 1, the autograd graphs of the sampled
+            micro-batches, so that phase 3 back-propagates through them without re-running the
+            encoder (feature-independent samplers only: the sample must be known before
+            phase 1). ``0`` (default) keeps none; an int keeps up to that many snippets;
+            ``"all"`` keeps every sampled micro-batch; a size such as ``"512MB"`` keeps graphs
+            while their measured saved-activation bytes fit. Micro-batches beyond the budget
+            are recomputed as usual. Peak memory grows by the kept graphs; the gradient is the
+            same either way.
+        prefetch: Gather (decode) the next micro-batch in a background thread while the
+            encoder runs the current one. ``"auto"`` (default) does it when some source is
+            lazy (not a tensor), where decoding is worth overlapping; sources must be
+            thread-safe for one reader at a time, as the :class:`SnippetSource` contract
+            already requires determinism.
         ratio: γ ∈ [0, 1], fraction of each video's snippets whose feature gradient is
             back-propagated into the encoder; see :func:`~sgs_tad.microbatch.num_sampled` for
             the exact count. 0 means a frozen encoder: phase 3 does nothing.
@@ -168,7 +265,9 @@ class SequentializedGradientSampler:
         encoder: nn.Module,
         *,
         micro_batch_size: int = 4,
-        encode_batch_size: int | None = None,
+        encode_batch_size: int | Literal["auto"] | None = "auto",
+        keep_graphs: int | str = 0,
+        prefetch: bool | Literal["auto"] = "auto",
         ratio: float = 0.3,
         sampler: str | SamplerFn = "random",
         pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -192,15 +291,21 @@ class SequentializedGradientSampler:
                 f"micro_batch_size must be >= 1 (snippets per encoder call), got "
                 f"{micro_batch_size}. Use 1 for the smallest memory, 4 as in the paper."
             )
-        if encode_batch_size is not None and (
-            isinstance(encode_batch_size, bool)
-            or not isinstance(encode_batch_size, int)
-            or encode_batch_size < 1
+        if (
+            encode_batch_size is not None
+            and encode_batch_size != "auto"
+            and (
+                isinstance(encode_batch_size, bool)
+                or not isinstance(encode_batch_size, int)
+                or encode_batch_size < 1
+            )
         ):
             raise ValueError(
-                f"encode_batch_size must be None (= micro_batch_size) or an int >= 1, got "
-                f"{encode_batch_size!r}. A no-grad forward keeps no activations: try 4-16x K."
+                f"encode_batch_size must be 'auto', None (= micro_batch_size) or an int >= 1, "
+                f"got {encode_batch_size!r}. A no-grad forward keeps no activations: try 4-16x K."
             )
+        if prefetch not in (True, False, "auto"):
+            raise ValueError(f"prefetch must be True, False or 'auto'; got {prefetch!r}.")
         if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
             raise ValueError(
                 f"ratio must be in [0, 1] (fraction of snippets back-propagated), got {ratio!r}. "
@@ -219,7 +324,11 @@ class SequentializedGradientSampler:
             raise TypeError(f"pool must be callable or None, got {type(pool).__name__}.")
         self.encoder = encoder
         self.micro_batch_size = micro_batch_size
-        self.encode_batch_size = encode_batch_size or micro_batch_size
+        if encode_batch_size == "auto":
+            encode_batch_size = AUTO_ENCODE_FACTOR * micro_batch_size
+        self.encode_batch_size: int = encode_batch_size or micro_batch_size
+        self.keep_graphs = _parse_keep_budget(keep_graphs)
+        self.prefetch = prefetch
         self.ratio = float(ratio)
         self.sampler = self._resolve_sampler(sampler)
         self.pool = pool
@@ -348,8 +457,26 @@ class SequentializedGradientSampler:
 
     # ------------------------------------------------------------------------------ phase 1
 
-    def _run(self, batch: MicroBatch, sources: Sequence[SnippetSource]) -> torch.Tensor:
-        x = batch.gather(sources)
+    def _gathered(
+        self, batches: Sequence[MicroBatch], sources: Sequence[SnippetSource]
+    ) -> Iterator[tuple[MicroBatch, torch.Tensor]]:
+        """Each micro-batch with its snippets, the next one prefetched when asked to."""
+        prefetch = self.prefetch
+        if prefetch == "auto":
+            prefetch = any(not isinstance(s, TensorSource) for s in sources)
+        if not prefetch or len(batches) < 2:
+            for batch in batches:
+                yield batch, batch.gather(sources)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgs-prefetch") as pool:
+            pending = pool.submit(batches[0].gather, sources)
+            for j, batch in enumerate(batches):
+                x = pending.result()  # re-raises a decoding error here, in order
+                if j + 1 < len(batches):
+                    pending = pool.submit(batches[j + 1].gather, sources)
+                yield batch, x
+
+    def _run(self, batch: MicroBatch, x: torch.Tensor) -> torch.Tensor:
         target = self._target_device()
         if target is not None and x.device != target:
             x = x.to(target, non_blocking=True)
@@ -365,26 +492,65 @@ class SequentializedGradientSampler:
             )
         return out
 
+    def _keep(self, batch: MicroBatch, kept_snippets: int, kept_bytes: int, last: int) -> bool:
+        """Whether the next sampled micro-batch's graph still fits the keep budget."""
+        budget = self.keep_graphs
+        if budget.snippets is not None:
+            return kept_snippets + len(batch) <= budget.snippets
+        assert budget.bytes is not None
+        # Predicted from the last kept micro-batch; the first one is measured (and dropped
+        # again if it alone exceeds the budget).
+        predicted = last * len(batch) if last else 0
+        return kept_bytes + predicted <= budget.bytes
+
     def _run_plan(
         self,
         batches: Sequence[MicroBatch],
         sources: Sequence[SnippetSource],
         lengths: Sequence[int],
         *,
-        capture: int = 0,
-    ) -> tuple[torch.Tensor, list[RNGState | None], dict[str, Any]]:
-        """Run ``batches`` without a graph into a ``[B, N_max, C]`` buffer.
+        sampled: int = 0,
+        capture: bool = False,
+    ) -> tuple[torch.Tensor, list[RNGState | None], dict[str, Any], list[torch.Tensor]]:
+        """Run ``batches`` into a ``[B, N_max, C]`` buffer; the first ``sampled`` are phase 3's.
 
-        RNG states are captured before each of the first ``capture`` micro-batches.
+        A sampled micro-batch within the keep budget runs with grad and its output (with its
+        graph) is returned in ``kept``; the others run without a graph, with the RNG state
+        captured before each remaining sampled one when ``capture``.
         """
         feats: torch.Tensor | None = None
         rng_states: list[RNGState | None] = []
+        kept: list[torch.Tensor] = []
         autocast: dict[str, Any] = {}
-        with torch.no_grad(), phase.encoding():
-            for j, batch in enumerate(batches):
-                if j < capture:
-                    rng_states.append(capture_replay_state(self.device))
-                out = self._run(batch, sources)
+        keeping = sampled > 0 and self.keep_graphs.enabled
+        kept_snippets = kept_bytes = per_snippet = 0
+        with phase.encoding():
+            for j, (batch, x) in enumerate(self._gathered(batches, sources)):
+                keeping = keeping and j < sampled
+                keeping = keeping and self._keep(batch, kept_snippets, kept_bytes, per_snippet)
+                if keeping:
+                    counter = _SavedBytes() if self.keep_graphs.bytes is not None else None
+                    with torch.enable_grad(), counter or nullcontext():
+                        out = self._run(batch, x)
+                    size = counter.total if counter is not None else 0
+                    budget = self.keep_graphs.bytes
+                    if budget is not None and kept_bytes + size > budget:
+                        keeping = False  # measured over budget: recomputed in phase 3 instead
+                        out = out.detach()
+                    else:
+                        kept.append(out)
+                        kept_snippets += len(batch)
+                        kept_bytes += size
+                        per_snippet = max(per_snippet, -(-size // len(batch)))
+                    # Nothing to replay: a kept graph is never re-run, and one dropped for the
+                    # budget ran with grad, so its RNG state was not captured before it.
+                    rng_states.append(None)
+                else:
+                    if j < sampled:
+                        state = capture_replay_state(self.device) if capture else None
+                        rng_states.append(state)
+                    with torch.no_grad():
+                        out = self._run(batch, x)
                 if feats is None:
                     autocast = _autocast_state(out.device.type)
                     feats = out.new_zeros(len(lengths), max(lengths), out.shape[1])
@@ -395,9 +561,11 @@ class SequentializedGradientSampler:
                     )
                 # Writing into the preallocated buffer drops `out` at the next iteration: no
                 # activation of the encoder outlives its micro-batch (no graph under no_grad).
-                feats[batch.videos.to(out.device), batch.positions.to(out.device)] = out
+                feats[batch.videos.to(out.device), batch.positions.to(out.device)] = out.detach()
         assert feats is not None  # at least one snippet per video, checked in as_sources
-        return feats, rng_states, autocast
+        self.stats.snippets_kept = kept_snippets
+        self.stats.kept_bytes = kept_bytes
+        return feats, rng_states, autocast, kept
 
     def encode_features(self, snippets: SnippetInput) -> torch.Tensor:
         """Phase 1 alone: every snippet's feature, without a graph, for inference or frozen use.
@@ -415,8 +583,9 @@ class SequentializedGradientSampler:
         sources = as_sources(snippets)
         lengths = [len(s) for s in sources]
         plan = plan_encode(lengths, self.micro_batch_size, phase1_size=self.encode_batch_size)
-        feats, _, _ = self._run_plan(plan.phase1, sources, lengths)
         self.stats = SGSStats(encode_calls=len(plan.phase1), snippets_encoded=sum(lengths))
+        with torch.no_grad():
+            feats, _, _, _ = self._run_plan(plan.phase1, sources, lengths)
         return feats
 
     def encode(self, snippets: SnippetInput) -> torch.Tensor:
@@ -445,17 +614,19 @@ class SequentializedGradientSampler:
             batches = plan.phase1
         else:
             batches = plan_encode(lengths, k, phase1_size=self.encode_batch_size).phase1
-        capture = plan.num_sampled_batches if plan is not None and self.preserve_rng_state else 0
-        feats, rng_states, autocast = self._run_plan(batches, sources, lengths, capture=capture)
+        sampled = plan.num_sampled_batches if plan is not None else 0
+        self.stats = SGSStats(encode_calls=len(batches), snippets_encoded=sum(lengths))
+        feats, rng_states, autocast, kept = self._run_plan(
+            batches, sources, lengths, sampled=sampled, capture=self.preserve_rng_state
+        )
         feats.requires_grad_(True)
 
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool, device=feats.device)
         for v, n in enumerate(lengths):
             mask[v, :n] = True
-        self._records[feats] = _EncodeRecord(
-            lengths=lengths, mask=mask, plan=plan, rng_states=rng_states, autocast=autocast
-        )
-        self.stats = SGSStats(encode_calls=len(batches), snippets_encoded=sum(lengths))
+        self._records[feats] = _EncodeRecord(lengths=lengths, mask=mask, plan=plan,
+                                             rng_states=rng_states, autocast=autocast,
+                                             kept=kept)  # fmt: skip
         return feats
 
     # ------------------------------------------------------------------------------ phase 3
@@ -487,6 +658,8 @@ class SequentializedGradientSampler:
         self.stats.recompute_calls = 0
         self.stats.snippets_recomputed = 0
         self.stats.snippets_sampled = 0
+        if self.ratio == 0 or record.plan is None or not record.plan.sampled:
+            record.kept = []
         if self.ratio == 0:
             return
         grad = feats.grad
@@ -506,7 +679,7 @@ class SequentializedGradientSampler:
         states: list[RNGState | None]
         if record.plan is not None:
             batches = record.plan.sampled
-            states = list(record.rng_states) or [None] * len(batches)
+            states = list(record.rng_states)
         else:
             # Feature-guided sampler: the sample exists only now. The sampled snippets get new
             # micro-batches, so phase-1 RNG states cannot be replayed (see docs/transparency.md).
@@ -519,10 +692,19 @@ class SequentializedGradientSampler:
             for v, n in enumerate(lengths):
                 scale[v] = n / num_sampled(n, self.ratio)
 
+        kept, record.kept = record.kept, []
+        for batch, out in zip(batches, kept):  # graphs kept in phase 1: no re-forward
+            videos, positions = batch.videos.to(grad.device), batch.positions.to(grad.device)
+            g = grad[videos, positions] * scale[videos].unsqueeze(1)
+            torch.autograd.backward(out, g.to(out.dtype))
+            self.stats.snippets_sampled += len(batch)
+        n_kept = len(kept)
+        del kept  # the graphs are freed by their backward; drop the outputs too
         with phase.recomputing():
-            for batch, state in zip(batches, states):
+            todo = self._gathered(batches[n_kept:], sources)
+            for (batch, x), state in zip(todo, states[n_kept:]):
                 with replay_rng_state(state), torch.autocast(**record.autocast):
-                    out = self._run(batch, sources)
+                    out = self._run(batch, x)
                 videos = batch.videos.to(grad.device)
                 positions = batch.positions.to(grad.device)
                 if self.determinism_check:

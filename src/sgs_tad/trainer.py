@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -43,25 +42,21 @@ import torch
 from torch import nn
 
 from . import distributed as dist_utils
-from .batches import SNIPPETS_KEY, check_batch, count_snippets, count_videos, make_loader
+from .batches import SNIPPETS_KEY, check_batch, count_snippets, make_loader
 from .callbacks import Callback
-from .checkpoint import CheckpointManager, load_checkpoint, model_fingerprint
+from .checkpoint import CheckpointManager, model_fingerprint
 from .engine import Engine
+from .inference import EvalStep, evaluate
 from .metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
 from .microbatch import as_sources
 from .optimization import OptimizerFactory, adamw, step_decay, trainable_parameters
-from .policies import (
-    SkipCounter,
-    check_choice,
-    check_finite_parameters,
-    check_int,
-    clip_or_measure,
-)
-from .resume import restore_trainer_state, trainer_state
+from .policies import SkipCounter, check_int, check_trainer_arguments
+from .resume import restore_trainer_state, resume_trainer, trainer_state
 from .sgs import NO_GRAD_FEATURES_MESSAGE
 from .signals import StopOnSignal
 from .sources import SnippetReadError
 from .steps import LossOutput, StepInfo, split_loss
+from .window import StepWindow, take_optimizer_step
 
 __all__ = ["NO_GRAD_FEATURES_MESSAGE", "SGSTrainer"]
 
@@ -160,37 +155,12 @@ class SGSTrainer:
         log_every: int = 10,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        if isinstance(engine, nn.Module):
-            raise TypeError(
-                f"SGSTrainer takes an engine, not the encoder module ({type(engine).__name__})."
-                " Wrap it: SGSTrainer(SequentializedGradientSampler(encoder, micro_batch_size=4,"
-                " ratio=0.3), detector, ...), or sgs_tad.EndToEnd(encoder) for plain backprop."
-            )
-        if not isinstance(engine, Engine):
-            raise TypeError(
-                f"engine must implement sgs_tad.engine.Engine (encode, backward, "
-                f"encode_features, ...); got {type(engine).__name__}."
-            )
-        if not isinstance(detector, nn.Module):
-            raise TypeError(f"detector must be an nn.Module; got {type(detector).__name__}.")
-        if (loss_fn is None) == (detector_step is None):
-            raise ValueError(
-                "pass exactly one of loss_fn (loss_fn(detector(feats), batch, info) -> loss)"
-                " and detector_step (detector_step(feats, batch, info) -> loss or loss dict);"
-                " got " + ("both." if loss_fn is not None else "neither.")
-            )
-        check_choice("amp", amp, ("none", "fp16", "bf16"))
-        check_choice("nonfinite", nonfinite, ("skip", "raise"))
-        check_choice("on_bad_video", on_bad_video, ("skip", "raise"))
-        check_int("accumulation_steps", accumulation_steps, minimum=1)
-        check_int("log_every", log_every, minimum=1)
-        check_int("checkpoint_every", checkpoint_every, minimum=1, allow_none=True)
-        check_int("max_consecutive_skips", max_consecutive_skips, minimum=1, allow_none=True)
-        if checkpoint_every is not None and checkpoint_dir is None:
-            raise ValueError("checkpoint_every needs checkpoint_dir=...; pass both.")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be None or > 0; got {max_grad_norm!r}.")
-
+        check_trainer_arguments(engine, detector, loss_fn=loss_fn, detector_step=detector_step,
+                                amp=amp, nonfinite=nonfinite, on_bad_video=on_bad_video,
+                                accumulation_steps=accumulation_steps, log_every=log_every,
+                                checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+                                max_consecutive_skips=max_consecutive_skips,
+                                max_grad_norm=max_grad_norm)  # fmt: skip
         self.rank = dist_utils.get_rank()
         self.world_size = dist_utils.get_world_size()
         self.engine = engine
@@ -257,8 +227,7 @@ class SGSTrainer:
         self.stopped = False
         self._stop_requested = False
         self._stop_agreed = False
-        self._window: dict[str, Any] = {}
-        self._reset_window()
+        self._window = StepWindow()
 
     # ------------------------------------------------------------------------ public helpers
 
@@ -294,7 +263,7 @@ class SGSTrainer:
             seed=self.seed,
             step=self.step,
             epoch=self.epoch,
-            iteration=self._window["iterations"] if training else 0,
+            iteration=self._window.iterations if training else 0,
             rank=self.rank,
             world_size=self.world_size,
             training=training,
@@ -308,16 +277,12 @@ class SGSTrainer:
 
     # ------------------------------------------------------------------------- one iteration
 
-    def _reset_window(self) -> None:
-        self._window = {"bad": False, "loss_sum": 0.0, "losses": 0, "parts": {},
-                        "snippets": 0, "iterations": 0, "start": time.perf_counter()}  # fmt: skip
-
     def _iteration(self, batch: Any) -> None:
         batch = check_batch(batch, self.required_keys)
         snippets = batch[SNIPPETS_KEY]
         for cb in self.callbacks:
             cb.on_batch_start(self, batch)
-        if self._window["bad"]:
+        if self._window.bad:
             return  # this step is skipped anyway; don't spend compute on it
         backward_done = False
         try:
@@ -336,7 +301,7 @@ class SGSTrainer:
                             " or pass nonfinite='skip' to skip such steps."
                         )
                     logger.warning("non-finite loss %s at step %d: step skipped", value, self.step)
-                    self._window["bad"] = True
+                    self._window.bad = True
                     return
                 backward_done = True
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -350,20 +315,14 @@ class SGSTrainer:
                         raise
                     logger.warning("non-finite feature gradient at step %d: step skipped",
                                    self.step)  # fmt: skip
-                    self._window["bad"] = True
+                    self._window.bad = True
                     return
         except SnippetReadError as err:
             if self.on_bad_video == "raise":
                 raise
             self._skip_bad_video(err, batch, spoilt_window=backward_done)
             return
-        w = self._window
-        w["loss_sum"] += value
-        w["losses"] += 1
-        w["iterations"] += 1
-        w["snippets"] += count_snippets(snippets)
-        for key, part in parts.items():
-            w["parts"][key] = w["parts"].get(key, 0.0) + part
+        self._window.add(value, parts, count_snippets(snippets))
 
     def _skip_bad_video(self, err: SnippetReadError, batch: Any, *, spoilt_window: bool) -> None:
         entry = {"video_id": err.video_id, "path": None if err.path is None else str(err.path),
@@ -374,71 +333,11 @@ class SGSTrainer:
             self.epoch, self.step, err, len(self.bad_videos),
         )  # fmt: skip
         if spoilt_window:  # part of this batch's gradient is in .grad already: drop the step
-            self._window["bad"] = True
+            self._window.bad = True
 
     def _optimizer_step(self) -> dict[str, Any]:
-        w = self._window
-        with self.timer.phase("optimizer"):
-            flags = self.reducer.reduce(
-                [float(w["bad"]), float(self._stop_requested), w["loss_sum"], w["losses"]]
-            )
-            bad, stop, loss_sum, n_losses = flags
-            # Stop only on the agreed (all-reduced) flag: a SIGTERM that reaches one rank
-            # after the collective is honoured at the next step, on every rank together.
-            self._stop_agreed = stop > 0 or (self.world_size == 1 and self._stop_requested)
-            record: dict[str, Any] = {"epoch": self.epoch}
-            stepped = False
-            if bad == 0 and n_losses > 0:
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                # The reduction averaged the per-rank sums over ranks; dividing by the mean
-                # count makes it the mean over every iteration of the window, however short.
-                mean_count = n_losses / self.world_size
-                if mean_count != 1:
-                    for p in self.parameters:
-                        if p.grad is not None:
-                            p.grad.div_(mean_count)
-                norm = clip_or_measure(self.parameters, self.max_grad_norm)
-                record["grad_norm"] = float(norm)
-                if not math.isfinite(record["grad_norm"]) and self.scaler is None:
-                    if self.nonfinite == "raise":
-                        raise FloatingPointError(
-                            f"non-finite gradient norm at step {self.step}; pass"
-                            " nonfinite='skip' to skip such steps."
-                        )
-                else:
-                    for cb in self.callbacks:
-                        cb.on_before_optimizer_step(self)
-                    if self.scaler is not None:
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                    else:
-                        self.optimizer.step()
-                    stepped = True
-                    check_finite_parameters(self.parameters, self._names, step=self.step)
-            # A window of only unreadable videos (n_losses == 0, not bad) is no skipped step.
-            self.skips.record(skipped=bad > 0 or (n_losses > 0 and not stepped), step=self.step)
-            # Zero once, after the single step of this window: every trainable parameter, not
-            # only the optimizer's, or one left out of a custom optimizer would accumulate.
-            self.optimizer.zero_grad(set_to_none=True)
-            for p in self.parameters:
-                p.grad = None
-        self.step += 1
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
-        elapsed = time.perf_counter() - w["start"]
-        record.update(
-            loss=loss_sum / n_losses if n_losses else float("nan"),
-            lr=[g["lr"] for g in self.optimizer.param_groups],
-            snippets_per_s=w["snippets"] / elapsed if elapsed > 0 else 0.0,
-            skipped_steps=self.skipped_steps,
-        )
-        for key, total in w["parts"].items():
-            record[key] = total / max(w["losses"], 1)
-        peak = self.timer.peak_memory()
-        if peak is not None:
-            record["peak_memory_bytes"] = peak
-        self._reset_window()
+        record = take_optimizer_step(self, self._window)
+        self._window = StepWindow()
         return record
 
     # ------------------------------------------------------------------------------ the loop
@@ -488,21 +387,8 @@ class SGSTrainer:
         check_int("epochs", epochs, minimum=1)
         if (eval_data is None) != (eval_step is None):
             raise ValueError("pass both eval_data and eval_step, or neither.")
-        if resume is True:
-            if self.checkpoints is None:
-                raise ValueError("resume=True needs checkpoint_dir=... in SGSTrainer.")
-            found = self.checkpoints.load_latest()
-            if found is None:
-                logger.warning(
-                    "resume requested but no checkpoint in %s: training from scratch",
-                    self.checkpoints.directory,
-                )
-            else:
-                self.load_state_dict(found[0], source=str(found[1]), override=resume_override)
-        elif resume:
-            self.load_state_dict(
-                load_checkpoint(resume), source=str(resume), override=resume_override
-            )
+        if resume:
+            resume_trainer(self, resume, override=resume_override)
         loader, sampler = make_loader(train_data, seed=self.seed, batch_size=batch_size,
                                       shuffle=shuffle, num_workers=num_workers,
                                       collate_fn=collate_fn, drop_last=drop_last)  # fmt: skip
@@ -623,53 +509,22 @@ class SGSTrainer:
 
     # ---------------------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
     def evaluate(
         self,
         data: Any,
-        eval_step: Callable[[torch.Tensor, Mapping[str, Any], StepInfo], Any],
+        eval_step: EvalStep,
         *,
         batch_size: int = 1,
         collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> dict[str, float]:
-        """Run ``eval_step(feats, batch, info)`` on every batch with the modules in eval mode.
+        """:func:`sgs_tad.inference.evaluate` with this trainer's engine, detector and AMP.
 
-        ``feats`` are the encoder features ``[B, N_max, C]`` from the engine's
-        ``encode_features`` (phase 1 alone: the sampler's random stream is not touched);
-        ``info.mask`` is the mask. ``eval_step`` returns a mapping of per-batch metric means
-        (or ``None``, e.g. when it collects predictions for an mAP computed afterwards); the
-        result is their mean weighted by batch size, over batches and ranks. Train/eval modes
-        are restored afterwards.
+        ``eval_step(feats, batch, info)`` returns per-batch metric means (or ``None``); the
+        result is their batch-size-weighted mean over batches and ranks.
         """
-        loader, sampler = make_loader(data, seed=self.seed, batch_size=batch_size,
-                                      shuffle=False, num_workers=0, collate_fn=collate_fn,
-                                      drop_last=False)  # fmt: skip
-        if sampler is not None:
-            sampler.set_epoch(0)
-        modes = (self.encoder.training, self.detector.training)
-        self.encoder.eval()
-        self.detector.eval()
-        sums: dict[str, float] = {}
-        weight = 0.0
-        try:
-            for batch in loader:
-                batch = check_batch(batch)
-                with self.autocast():
-                    feats = self.engine.encode_features(batch[SNIPPETS_KEY])
-                    info = self._info(batch[SNIPPETS_KEY], feats, training=False)
-                    out = eval_step(feats, batch, info)
-                b = float(count_videos(batch[SNIPPETS_KEY]))
-                weight += b
-                for key, value in (out or {}).items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * b
-        finally:
-            self.encoder.train(modes[0])
-            self.detector.train(modes[1])
-        keys = sorted(sums)
-        totals = dist_utils.GradientReducer([], flags_device=self.device).reduce(
-            [weight, *(sums[k] for k in keys)]
-        )
-        return {k: v / totals[0] for k, v in zip(keys, totals[1:])} if totals[0] else {}
+        return evaluate(self.engine, self.detector, data, eval_step, batch_size=batch_size,
+                        collate_fn=collate_fn, seed=self.seed,
+                        autocast=self.autocast)  # fmt: skip
 
     # ---------------------------------------------------------------------------- checkpoints
 

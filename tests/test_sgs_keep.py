@@ -1,0 +1,201 @@
+"""Kept phase-1 graphs, the phase-1 batch size and prefetching: exact gradients every way."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from test_sgs import assert_same_grads, end_to_end, grads, loss_of, models
+
+from sgs_tad import SequentializedGradientSampler, SnippetReadError
+from sgs_tad.microbatch import num_sampled
+from sgs_tad.samplers import make_sampler
+from sgs_tad.sgs import parse_size
+
+
+def sample_mask(lengths: list[int], ratio: float, seed: int) -> torch.Tensor:
+    """The snippets the engine's random sampler draws with generator seed ``seed``."""
+    replay = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for v, n in enumerate(lengths):
+        k = num_sampled(n, ratio)
+        idx = make_sampler("random")(n, k, generator=replay) if k < n else torch.arange(n)
+        mask[v, idx] = True
+    return mask
+
+
+def run(enc, det, snippets, **options):
+    sgs = SequentializedGradientSampler(enc, **options)
+    feats = sgs.encode(snippets)
+    loss_of(det, feats).backward()
+    sgs.backward(snippets, feats)
+    return sgs
+
+
+# keep budget -> snippets kept, for 2 videos x 10 snippets, K = 3
+@pytest.mark.parametrize(
+    ("keep", "ratio", "kept"),
+    [
+        (0, 0.3, 0),
+        (3, 0.3, 3),  # partial: one micro-batch of the two
+        (5, 0.3, 3),  # a budget between micro-batches keeps whole ones only
+        ("all", 0.3, 6),
+        ("all", 1.0, 20),
+        (9, 1.0, 9),
+        ("1KB", 0.3, 0),  # smaller than one micro-batch's activations: measured, dropped
+        ("64MB", 0.3, 6),
+        ("64MB", 1.0, 20),
+    ],
+)
+@pytest.mark.parametrize("k1", [None, 7])
+def test_kept_graphs_give_the_masked_end_to_end_gradient(keep, ratio, kept, k1):
+    snippets = torch.randn(2, 10, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    sgs = run(enc, det, snippets, micro_batch_size=3, encode_batch_size=k1, ratio=ratio,
+              keep_graphs=keep, generator=torch.Generator().manual_seed(3))  # fmt: skip
+    got = grads(enc, det)
+    assert sgs.stats.snippets_kept == kept
+    n = num_sampled(10, ratio)
+    assert sgs.stats.snippets_sampled == 2 * n
+    assert sgs.stats.snippets_recomputed == 2 * n - kept
+    mask = sample_mask([10, 10], ratio, 3)
+    enc, det = models()
+    end_to_end(enc, det, snippets, feature_mask=mask if ratio < 1 else None)
+    assert_same_grads(got, grads(enc, det), 1e-10)
+
+
+def test_kept_graph_bytes_are_measured():
+    snippets = torch.randn(1, 8, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    sgs = run(enc, det, snippets, micro_batch_size=4, ratio=1.0, keep_graphs="64MB")
+    assert sgs.stats.snippets_kept == 8
+    # The input, conv, norm and fc activations of 8 snippets: several KB in float64.
+    assert 8 * 2 * 36 * 8 < sgs.stats.kept_bytes < 2**20
+
+
+@pytest.mark.parametrize("keep", [4, "all"])
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_kept_graphs_with_dropout_equal_the_replayed_recompute(keep, ratio):
+    """Kept graphs use phase 1's own dropout masks; the recompute replays them: same grads."""
+    snippets = torch.randn(2, 8, 2, 6, 6, dtype=torch.float64)
+    out = []
+    for budget in (0, keep):
+        enc, det = models(dropout=0.5)
+        torch.manual_seed(11)
+        run(enc, det, snippets, micro_batch_size=2, ratio=ratio, keep_graphs=budget,
+            generator=torch.Generator().manual_seed(5))  # fmt: skip
+        out.append(grads(enc, det))
+    assert_same_grads(out[1], out[0], 1e-12)
+
+
+def test_kept_graphs_with_dropout_equal_end_to_end_in_one_micro_batch():
+    snippets = torch.randn(1, 4, 2, 6, 6, dtype=torch.float64)
+    enc, det = models(dropout=0.5)
+    torch.manual_seed(7)
+    end_to_end(enc, det, snippets)
+    reference = grads(enc, det)
+    enc, det = models(dropout=0.5)
+    torch.manual_seed(7)
+    run(enc, det, snippets, micro_batch_size=4, ratio=1.0, keep_graphs="all")
+    assert_same_grads(grads(enc, det), reference, 1e-10)
+
+
+@pytest.mark.parametrize("keep", [0, 4, "all"])
+def test_kept_graphs_under_bfloat16_autocast(keep):
+    torch.manual_seed(0)
+    snippets = torch.randn(2, 6, 2, 6, 6)
+    enc, det = models(torch.float32)
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=4, ratio=1.0, keep_graphs=keep)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = sgs.encode(snippets)
+        loss = loss_of(det, feats)
+    loss.backward()
+    sgs.backward(snippets, feats)  # outside autocast, as the trainer's phase 3 may be
+    got = grads(enc)
+    enc2, det2 = models(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        end_to_end(enc2, det2, snippets)
+    assert_same_grads(got, grads(enc2), 2e-2)
+
+
+def test_feature_guided_sampler_keeps_nothing():
+    snippets = torch.randn(1, 10, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    sgs = run(enc, det, snippets, micro_batch_size=3, ratio=0.3, sampler="fps",
+              keep_graphs="all")  # fmt: skip
+    assert sgs.stats.snippets_kept == 0 and sgs.stats.snippets_recomputed == 3
+
+
+def test_kept_graphs_are_freed_by_backward():
+    snippets = torch.randn(1, 6, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=3, ratio=1.0, keep_graphs="all")
+    feats = sgs.encode(snippets)
+    record = sgs._records[feats]
+    refs = [weakref.ref(t) for t in record.kept]
+    assert len(refs) == 2
+    del record
+    loss_of(det, feats).backward()
+    sgs.backward(snippets, feats)
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("bad", [-1, "lots", 1.5, True])
+def test_bad_keep_budget_is_refused(bad):
+    enc, _ = models()
+    with pytest.raises(ValueError, match="keep_graphs"):
+        SequentializedGradientSampler(enc, keep_graphs=bad)
+
+
+def test_parse_size():
+    assert parse_size("2GB") == 2 * 10**9
+    assert parse_size("1.5 GiB") == int(1.5 * 2**30)
+    assert parse_size("512k") == 512_000
+    with pytest.raises(ValueError, match="memory_budget.*'12 parsecs'"):
+        parse_size("12 parsecs", name="memory_budget")
+
+
+def test_auto_phase_one_size_runs_unsampled_snippets_in_large_calls():
+    snippets = torch.randn(1, 40, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    run(enc, det, snippets, micro_batch_size=2, ratio=0.1)  # encode_batch_size="auto": 16
+    # Phase 1: 4 sampled snippets in calls of 2, then 36 others in calls of 16; phase 3: 2 x 2.
+    assert enc.calls == [2, 2, 16, 16, 4, 2, 2]
+
+
+class SlowSource:
+    """A lazy source (not a TensorSource): prefetching applies under prefetch='auto'."""
+
+    def __init__(self, snippets: torch.Tensor, fail_at: int | None = None) -> None:
+        self.snippets, self.fail_at = snippets, fail_at
+
+    def __len__(self) -> int:
+        return int(self.snippets.shape[0])
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.fail_at is not None and self.fail_at in indices.tolist():
+            raise SnippetReadError(f"corrupt snippet {self.fail_at}", video_id="v0")
+        return self.snippets[indices]
+
+
+@pytest.mark.parametrize("prefetch", [True, False, "auto"])
+def test_prefetch_gives_the_same_gradient(prefetch):
+    snippets = torch.randn(2, 9, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    end_to_end(enc, det, snippets)
+    reference = grads(enc, det)
+    enc, det = models()
+    sources = [SlowSource(snippets[0]), SlowSource(snippets[1])]
+    run(enc, det, sources, micro_batch_size=2, ratio=1.0, prefetch=prefetch)
+    assert_same_grads(grads(enc, det), reference, 1e-10)
+
+
+def test_prefetch_reraises_a_decoding_error_in_order():
+    snippets = torch.randn(1, 9, 2, 6, 6, dtype=torch.float64)
+    enc, _ = models()
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=2, ratio=0.0, prefetch=True)
+    with pytest.raises(SnippetReadError, match="corrupt snippet 7"):
+        sgs.encode([SlowSource(snippets[0], fail_at=7)])
