@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import resource
 import sys
 import time
@@ -41,9 +40,11 @@ from sgs_tad.callbacks import Callback
 from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
 from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
 from sgs_tad.data.video import probe_media
+from sgs_tad.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S, barrier, init_distributed
 from sgs_tad.encoders import ENCODERS, build_encoder, freeze_encoder
 from sgs_tad.evaluation import evaluate_detection, format_results
 from sgs_tad.optimization import adamw, step_decay, warmup_cosine
+from sgs_tad.sources import NonFiniteSnippetsError
 
 log = logging.getLogger("etad_anet")
 
@@ -104,6 +105,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sgs = p.add_argument_group("SGS and APS")
     sgs.add_argument("--ratio", type=float, default=0.3, help="γ, snippet gradient ratio")
     sgs.add_argument("--micro-batch-size", type=int, default=4, help="K")
+    sgs.add_argument(
+        "--encode-batch-size",
+        type=lambda v: v if v == "auto" else int(v),
+        default="auto",
+        help="snippets per no-grad phase-1 call for unsampled snippets ('auto': 8 K)",
+    )
+    sgs.add_argument(
+        "--keep-graphs",
+        type=lambda v: int(v) if v.isdigit() else v,
+        default=0,
+        help="keep phase-1 graphs of sampled snippets: 0, a snippet count, 'all' or e.g. 1GB",
+    )
+    sgs.add_argument(
+        "--prefetch",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="decode the next micro-batch in a background thread",
+    )
     sgs.add_argument("--snippet-sampler", default="random")
     sgs.add_argument("--proposal-sampler", default="random")
     sgs.add_argument("--aps-ratio", type=float, default=0.06)
@@ -137,6 +156,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "from-scratch small3d, else 0)",
     )
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument(
+        "--ddp-timeout",
+        type=float,
+        default=None,
+        help="seconds a rank waits in a collective before failing with the ranks that did not "
+        f"answer (torchrun runs; default ${DDP_TIMEOUT_ENV}, else {DEFAULT_DDP_TIMEOUT_S:.0f})",
+    )
     train.add_argument("--output-dir", type=Path, default=Path("outputs/etad_anet"))
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument(
@@ -151,9 +177,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--features needs --annotations (the annotation JSON of those videos)")
     if args.naive and args.features is not None:
         p.error("--naive trains the encoder; it makes no sense with --features")
-    for flag in ("batch_size", "epochs", "num_videos", "micro_batch_size"):
+    for flag in ("batch_size", "epochs", "num_videos", "micro_batch_size", "num_snippets",
+                 "snippet_length", "size"):  # fmt: skip
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+    if args.ddp_timeout is not None and not 0 < args.ddp_timeout < math.inf:
+        p.error(f"--ddp-timeout must be a number of seconds > 0; got {args.ddp_timeout}")
     delay = args.encoder_delay
     if delay is not None:
         if args.schedule != "cosine":
@@ -189,15 +218,32 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------- setup
 
 
-def setup_distributed(device: str) -> tuple[int, int]:
-    """Join the process group when started by torchrun; single-process runs need none."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size()
+def setup_distributed(device: str, timeout: float | None = None) -> tuple[int, int]:
+    """Join the process group when started by torchrun; single-process runs need none.
+
+    A collective that waits more than ``timeout`` seconds (``--ddp-timeout``, default
+    ``$SGS_TAD_DDP_TIMEOUT`` or 600) fails, naming the rank(s) that did not answer.
+    """
+    try:
+        return init_distributed(device=device, timeout=timeout)
+    except ValueError as err:  # a bad $SGS_TAD_DDP_TIMEOUT
+        fail(str(err))
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` this machine does not have, before anything is built."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        fail(f"--device {device!r} is not a torch device; pass cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            fail(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() "
+                 "is False); pass --device cpu")  # fmt: skip
+        if dev.index is not None and dev.index >= count:
+            fail(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to "
+                 f"cuda:{count - 1}); pass one of them or --device cpu")  # fmt: skip
 
 
 def data_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
@@ -218,8 +264,7 @@ def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
             generate_synthetic_dataset(
                 args.data_root, num_videos=args.num_videos, seed=args.data_seed
             )
-        if dist.is_initialized():
-            dist.barrier()
+        barrier("waiting for rank 0 to generate the synthetic data set")
     return data_paths(args)
 
 
@@ -302,7 +347,10 @@ def make_engine(args: argparse.Namespace, encoder: nn.Module, mode: str) -> Engi
     if args.naive:
         return EndToEnd(encoder, device=args.device)
     ratio = 0.0 if mode == "features" else args.ratio
+    prefetch = {"auto": "auto", "on": True, "off": False}[args.prefetch]
     return SequentializedGradientSampler(encoder, micro_batch_size=args.micro_batch_size,
+                                         encode_batch_size=args.encode_batch_size,
+                                         keep_graphs=args.keep_graphs, prefetch=prefetch,
                                          ratio=ratio, sampler=args.snippet_sampler,
                                          on_nonfinite_grad="skip", device=args.device)  # fmt: skip
 
@@ -417,20 +465,24 @@ def peak_memory_mb(device: str) -> float:
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    rank, world = setup_distributed(args.device)
+    check_device(args.device)
+    rank, world = setup_distributed(args.device, args.ddp_timeout)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     ann, root, mode = prepare_data(args, rank)
     common = dataset_options(args, mode)
-    train_set = ActivityNetDataset(ann, root, subset="training", training=True, seed=args.seed,
-                                   **common)  # fmt: skip
-    val_set = ActivityNetDataset(ann, root, subset="validation", classes=train_set.classes,
-                                 **common)  # fmt: skip
+    try:  # the data layer's errors name the file or video and the fix: say them in one line
+        train_set = ActivityNetDataset(ann, root, subset="training", training=True,
+                                       seed=args.seed, **common)  # fmt: skip
+        val_set = ActivityNetDataset(ann, root, subset="validation", classes=train_set.classes,
+                                     **common)  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
     if len(val_set) == 0:
-        raise SystemExit(
-            f"error: {ann} has no videos in the validation subset, so the run could not be "
+        fail(
+            f"{ann} has no videos in the validation subset, so the run could not be "
             'evaluated after training. Give some videos "subset": "validation" in the '
             "annotations (the synthetic set has them), or check the annotation file."
         )
@@ -459,7 +511,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         log_every=1,
         callbacks=[EpochSetter(train_set)],
     )
-    t_train = time.perf_counter()
+    t_train, cpu_train = time.perf_counter(), time.process_time()
     try:
         fit = trainer.fit(train_set, epochs=args.epochs, batch_size=args.batch_size,
                           collate_fn=collate, resume=args.resume,
@@ -469,6 +521,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             fail(str(err))
         raise
     train_time = time.perf_counter() - t_train
+    train_cpu_time = time.process_time() - cpu_train  # all threads: robust to a busy machine
     summary: dict[str, Any] = {}
     if rank == 0:
         ev = evaluate(args, encoder, detector, val_set, ann, list(train_set.classes))
@@ -483,6 +536,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             **evaluation_summary(ev),
             "peak_memory_mb": peak_memory_mb(args.device),
             "train_time_s": train_time,
+            "train_cpu_time_s": train_cpu_time,
             "total_time_s": time.perf_counter() - t0,
             "steps": fit["step"],
             "skipped_steps": fit["skipped_steps"],
@@ -502,7 +556,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"{train_time:.0f} s, total {summary['total_time_s']:.0f} s; outputs in {out}"
         )
     if dist.is_initialized():
-        dist.barrier()
+        # No barrier: the other ranks would wait in it while rank 0 evaluates, which can take
+        # longer than the collective timeout (--ddp-timeout) on a large validation set.
         dist.destroy_process_group()
     return summary
 
@@ -512,7 +567,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_model(path: Path, device: str) -> tuple[argparse.Namespace, nn.Module, Detector, list]:
     """The run's arguments, encoder, detector and class names from a ``model.pt``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_device(device)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, damaged, or refused by weights_only
+        first = (str(err).strip().splitlines() or [""])[0]
+        fail(f"--model {path} cannot be loaded ({type(err).__name__}: {first}); pass the "
+             "model.pt that training writes into --output-dir")  # fmt: skip
+    needed = {"args", "encoder", "detector", "classes", "in_channels"}
+    if not isinstance(state, dict) or not needed <= set(state):
+        kind, missing = "a file", sorted(needed)
+        if isinstance(state, dict):
+            missing = sorted(needed - set(state))
+            if "step" in state and "optimizer" in state:
+                kind = f"a training checkpoint (step {state['step']})"
+        fail(
+            f"--model {path} is {kind}, not a model.pt (it lacks {missing}); pass the model.pt "
+            "that training writes into --output-dir, e.g. outputs/etad_anet/model.pt"
+        )
     args = argparse.Namespace(**state["args"])
     args.weights, args.device = None, device
     # model.pt files written before these options existed used the older defaults
@@ -597,12 +669,15 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["predict"]:
-        predict(argv[1:])
-    elif argv[:1] == ["evaluate"]:
-        evaluate_command(argv[1:])
-    else:
-        train(parse_args(argv))
+    try:
+        if argv[:1] == ["predict"]:
+            predict(argv[1:])
+        elif argv[:1] == ["evaluate"]:
+            evaluate_command(argv[1:])
+        else:
+            train(parse_args(argv))
+    except NonFiniteSnippetsError as err:  # NaN/inf inputs: name the video, not the loss
+        fail(str(err))
 
 
 if __name__ == "__main__":

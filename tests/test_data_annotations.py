@@ -83,3 +83,53 @@ def test_bad_inputs_name_the_problem(tmp_path):
         parse_annotations(DB, on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="duplicate"):
         parse_annotations(DB, classes=["run", "run"])
+
+
+# ------------------------------------------------------------- malformed input and warnings
+
+
+def test_malformed_json_names_the_file_and_the_position(tmp_path):
+    path = tmp_path / "anno.json"
+    path.write_text('{"database": {\n  "a": {"subset": "training",, "duration": 3}}}')
+    with pytest.raises(ValueError, match=r"anno.json' is not valid JSON: .* at line 2 column 30"):
+        load_annotations(path)
+    with pytest.raises(ValueError, match=r"\(character 44\); fix the file there"):
+        load_annotations(path)
+
+
+def test_segments_outside_the_video_are_counted_in_a_warning(caplog):
+    db = json.loads(json.dumps(DB))
+    db["database"]["a"]["annotations"].append({"segment": [-0.5, 2.0], "label": "run"})
+    db["database"]["a"]["annotations"].append({"segment": [8.0, 10.5], "label": "jump"})
+    db["database"]["b"]["annotations"].append({"segment": [18.0, 25.0], "label": "run"})
+    with caplog.at_level(logging.WARNING, logger="sgs_tad.data.annotations"):
+        ann = parse_annotations(db)
+    assert ann.by_id("a").segments[2] == (-0.5, 2.0)  # kept as in the file (clipped later)
+    assert "1 segment(s) start below 0 s and 2 end past their video's duration, in 2 video(s)" in (
+        caplog.text
+    )
+    assert "video 'a': [-0.5, 2.0] in 10.0 s" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sgs_tad.data.annotations"):
+        parse_annotations(DB)
+    assert "past their video's duration" not in caplog.text
+
+
+def test_labels_only_in_validation_are_counted_in_a_warning(caplog):
+    db = json.loads(json.dumps(DB))
+    db["database"]["b"]["annotations"] += [
+        {"segment": [6.0, 7.0], "label": "swim"},
+        {"segment": [8.0, 9.0], "label": "swim"},
+        {"segment": [10.0, 11.0], "label": "fly"},
+    ]
+    with caplog.at_level(logging.WARNING, logger="sgs_tad.data.annotations"):
+        parse_annotations(db, subset="validation")
+    assert (
+        "2 label(s) occur only in the validation subset, never in training (3 instance(s)): "
+        "['fly', 'swim']" in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sgs_tad.data.annotations"):
+        parse_annotations(db, subset="training")  # said once, where validation is read
+        parse_annotations(DB)  # every validation label is also a training label
+    assert "only in the validation subset" not in caplog.text

@@ -163,3 +163,93 @@ def test_bad_options(synth):
         ActivityNetDataset(synth, synthetic_video_dir(synth), mode="audio")  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="not a folder"):
         ActivityNetDataset(synth, synthetic_video_dir(synth) / "nope")
+
+
+# ------------------------------------------------------------------ path safety, bad input
+
+
+@pytest.fixture()
+def escaping(synth, tmp_path):
+    """A root with the set's videos and, next to it (outside), one more valid video."""
+    root = tmp_path / "root" / "videos"
+    shutil.copytree(synthetic_video_dir(synth), root)
+    outside = tmp_path / "root" / "outside.mp4"
+    shutil.copy(synthetic_video_dir(synth) / "v_synth_0000.mp4", outside)
+    data = json.loads(synth.read_text())
+
+    def annotations_with(video_id: str):
+        rec = json.loads(json.dumps(data))
+        rec["database"][video_id] = rec["database"].pop("synth_0003")
+        anno = tmp_path / "anno.json"
+        anno.write_text(json.dumps(rec))
+        return anno
+
+    return annotations_with, root, outside
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_ids_that_leave_the_root_are_refused(escaping, kind):
+    annotations_with, root, outside = escaping
+    if kind == "dotdot":
+        video_id = "../outside"
+    elif kind == "absolute":
+        video_id = str(outside.with_suffix(""))
+    else:
+        video_id = "linked"
+        (root / "v_linked.mp4").symlink_to(outside)
+    anno = annotations_with(video_id)
+    with pytest.raises(ValueError, match="outside the data root") as info:
+        ActivityNetDataset(anno, root, **KW)
+    assert repr(video_id) in str(info.value) and repr(str(root)) in str(info.value)
+    ds = ActivityNetDataset(anno, root, on_error="skip", **KW)
+    assert video_id not in [v.video_id for v in ds.videos] and len(ds) == 3
+    assert ds.skipped == {"outside the data root": 1}
+
+
+def test_ids_inside_the_root_still_work_through_a_symlinked_root(escaping, tmp_path):
+    annotations_with, root, _ = escaping
+    (root / "sub").mkdir()
+    shutil.copy(root / "v_synth_0003.mp4", root / "sub" / "v_x.mp4")
+    link = tmp_path / "link_to_root"
+    link.symlink_to(root)
+    ds = ActivityNetDataset(annotations_with("sub/v_x"), link, **KW)
+    assert "sub/v_x" in [v.video_id for v in ds.videos]
+
+
+def test_a_corrupt_video_raises_snippet_read_error_naming_id_and_file(synth, tmp_path):
+    from sgs_tad.sources import SnippetReadError
+
+    root = tmp_path / "videos"
+    shutil.copytree(synthetic_video_dir(synth), root)
+    path = root / "v_synth_0001.mp4"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 4 : len(data) * 3 // 5] = bytes(len(data) * 3 // 5 - len(data) // 4)
+    path.write_bytes(bytes(data))  # the header (moov at the end) is intact: probing works
+    ds = ActivityNetDataset(synth, root, **KW)
+    sample = next(ds[i] for i in range(len(ds)) if ds[i].video_id == "synth_0001")
+    with pytest.raises(SnippetReadError, match=r"could not decode video 'synth_0001'") as info:
+        sample.source.get_snippets(torch.arange(8))
+    assert info.value.video_id == "synth_0001" and info.value.path == path
+    assert str(path) in str(info.value)
+
+
+def test_nonfinite_features_name_the_video(synth, tmp_path):
+    from sgs_tad.sources import NonFiniteSnippetsError
+
+    ann = load_annotations(synth)
+    for v in ann.videos:
+        feats = np.ones((12, 4), dtype=np.float32)
+        if v.video_id == "synth_0002":
+            feats[5, 3] = np.nan
+        np.save(tmp_path / f"v_{v.video_id}.npy", feats)
+    ds = ActivityNetDataset(synth, tmp_path, mode="features", num_snippets=6)
+    ds[0]
+    with pytest.raises(NonFiniteSnippetsError, match=r"video 'synth_0002'.* 1 non-finite") as info:
+        ds[2]
+    assert "v_synth_0002.npy" in str(info.value) and "(5, 3)" in str(info.value)
+    assert info.value.video_id == "synth_0002"
+
+
+def test_zero_std_is_refused(synth):
+    with pytest.raises(ValueError, match=r"std finite and > 0 .* std=\[0.5, 0.0, 0.5\]"):
+        ActivityNetDataset(synth, synthetic_video_dir(synth), std=(0.5, 0.0, 0.5), **KW)

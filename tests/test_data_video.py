@@ -162,3 +162,21 @@ def test_features_must_be_2d(tmp_path):
         load_features(tmp_path / "f.npy")
     np.save(tmp_path / "g.npy", np.ones((7, 5), dtype=np.float64))
     assert load_features(tmp_path / "g.npy").dtype == np.float32
+
+
+def test_find_media_refuses_paths_that_leave_the_root(video, tmp_path):
+    from sgs_tad.data.video import UnsafeMediaPathError
+
+    root = tmp_path / "root"
+    (root / "frames_ok").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert find_media(root, "frames_ok", "frames") == root / "frames_ok"
+    for video_id, kind in [("../elsewhere", "frames"), ("..", "frames"), ("", "frames"),
+                           (str(video.with_suffix("")), "video")]:  # fmt: skip
+        with pytest.raises(UnsafeMediaPathError, match="outside the data root") as info:
+            find_media(root, video_id, kind)
+        assert info.value.video_id == video_id and info.value.reason == "outside the data root"
+    assert find_media(root, "../root/frames_ok", "frames") == root / "../root/frames_ok"  # back in
+    (root / "v_link.mp4").symlink_to(video)
+    with pytest.raises(UnsafeMediaPathError, match=r"'link' resolves to .*v_clip.mp4"):
+        find_media(root, "link", "video")

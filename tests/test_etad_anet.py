@@ -62,7 +62,9 @@ def test_resume_continues_from_the_checkpoint(trained: tuple[Path, Path]) -> Non
     common = ["--data-root", data, "--output-dir", out, *TINY]
     # Another --epochs reshapes the schedule: refused, naming the setting, unless overridden.
     refused = run("--epochs", "2", "--resume", *common, returncode=2)
-    assert "epochs: checkpoint 1, now 2" in refused.stderr and "--resume-override" in refused.stderr
+    assert (
+        "epochs: checkpoint 1, now 2" in refused.stderr and "--resume-override" in refused.stderr
+    )
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == before
     proc = run("--epochs", "2", "--resume", "--resume-override", *common)
     steps = sorted(int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.pt"))

@@ -70,3 +70,52 @@ def test_progress_bar_without_tqdm_warns_and_does_nothing(monkeypatch, caplog):
     bar.close()
     assert "pip install 'sgs_tad[progress]'" in caplog.text
     ProgressBar(3, enabled=False).update(1)
+
+
+def test_truncate_after_keeps_the_records_up_to_the_resumed_step(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    for step in (1, 2, 3, 4):
+        writer.write({"loss": float(step)}, step=step)
+    writer.write({"eval/mAP": 0.5}, step=4)
+    # the interrupted run's last line was torn mid-write
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "lo')
+    assert writer.truncate_after(2) == 4  # steps 3, 4, 4 and the torn line
+    writer.write({"loss": 30.0}, step=3)  # the resumed run appends after step 2
+    writer.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[2]["loss"] == 30.0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no leftovers
+
+
+def test_truncate_after_edge_cases(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    assert writer.truncate_after(0) == 0  # no file yet: nothing to do
+    writer.write({"loss": 1.0}, step=1)
+    assert writer.truncate_after(1) == 0  # nothing after step 1
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    assert writer.truncate_after(0) == 1 and (tmp_path / "metrics.jsonl").read_text() == ""
+    with pytest.raises(ValueError, match="step must be an int >= 0"):
+        writer.truncate_after(-1)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text('{"step": 9}\n')
+    assert MetricsWriter(other, enabled=False).truncate_after(0) == 0  # a non-zero rank
+    assert (other / "metrics.jsonl").read_text() == '{"step": 9}\n'
+    assert MetricsWriter(None).truncate_after(0) == 0
+
+
+def test_truncate_after_purges_later_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    writer = MetricsWriter(tmp_path, tensorboard=True)
+    for step in (1, 2, 3):
+        writer.write({"loss": float(step)}, step=step)
+    writer.truncate_after(1)
+    writer.write({"loss": 20.0}, step=2)
+    writer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 20.0)]

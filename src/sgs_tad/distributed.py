@@ -28,12 +28,26 @@ pads the data so that ranks get equal counts (``drop_last=False``), only the las
 an epoch can then be smaller, and equally so on every rank.
 
 Single-process use needs no process group: every function here falls back to a no-op.
+
+Timeouts: :func:`init_distributed` joins the process group with a collective timeout
+(``timeout=``, else the ``SGS_TAD_DDP_TIMEOUT`` environment variable in seconds, else
+:data:`DEFAULT_DDP_TIMEOUT_S`) instead of torch's 30 minutes for gloo. Every collective of
+this module runs through a guard: when one fails, the error is re-raised as a
+:class:`CollectiveError` naming this rank, the operation and the timeout, and for a timeout
+a :func:`torch.distributed.monitored_barrier` on a separate gloo group (made by
+:func:`init_distributed`) names the rank(s) that did not answer. (Under NCCL, torch's
+watchdog usually reports and ends a timed-out collective before Python sees it.)
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import logging
+import os
+import re
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -41,16 +55,253 @@ from torch import nn
 from torch.utils.data import DistributedSampler, Sampler
 
 __all__ = [
+    "DDP_TIMEOUT_ENV",
+    "DEFAULT_DDP_TIMEOUT_S",
+    "CollectiveError",
     "GradientReducer",
     "ShardedSampler",
+    "barrier",
     "broadcast_module_states",
     "check_same_on_all_ranks",
     "gather_objects",
     "get_rank",
     "get_world_size",
+    "init_distributed",
     "is_distributed",
+    "resolve_ddp_timeout",
     "unwrap_model",
 ]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Environment variable with the collective timeout in seconds (read by init_distributed).
+DDP_TIMEOUT_ENV = "SGS_TAD_DDP_TIMEOUT"
+#: Default collective timeout: long enough for rank 0 to generate data or save a checkpoint
+#: while the others wait, short enough that one stuck rank does not hold the job for long.
+DEFAULT_DDP_TIMEOUT_S = 600.0
+#: The most a failed collective waits in the monitored barrier that finds the missing ranks.
+_DIAGNOSIS_TIMEOUT_S = 60.0
+
+_timeout_s: float | None = None  # the timeout init_distributed gave the process group
+# A gloo group of every rank, used only to find the ranks missing after a timeout: the
+# timed-out group's connections are closed by gloo, so a barrier there cannot tell.
+_monitor_group: Any = None
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out; the message names the rank, operation and timeout.
+
+    Attributes:
+        rank: This process's rank.
+        operation: The collective (``"all_reduce of the gradients"``, ``"barrier"``, ...).
+        timeout_s: The process group's timeout in seconds, when known.
+        missing_ranks: The ranks that did not answer the monitored barrier, when found.
+        timed_out: Whether the failure was a timeout.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rank: int,
+        operation: str,
+        timeout_s: float | None,
+        missing_ranks: list[int] | None,
+        timed_out: bool,
+    ) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.operation = operation
+        self.timeout_s = timeout_s
+        self.missing_ranks = missing_ranks
+        self.timed_out = timed_out
+
+
+def resolve_ddp_timeout(timeout: float | datetime.timedelta | None = None) -> datetime.timedelta:
+    """The collective timeout: ``timeout``, else ``$SGS_TAD_DDP_TIMEOUT``, else the default.
+
+    Args:
+        timeout: Seconds, or a ``timedelta``; ``None`` reads the environment variable.
+
+    Raises:
+        ValueError: for a timeout that is not a number of seconds > 0.
+    """
+    source = "timeout"
+    value: Any = timeout
+    if value is None:
+        raw = os.environ.get(DDP_TIMEOUT_ENV, "").strip()
+        source = f"${DDP_TIMEOUT_ENV}"
+        value = raw if raw else DEFAULT_DDP_TIMEOUT_S
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    else:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(
+            f"{source} must be a number of seconds > 0 (the collective timeout of DDP "
+            f"training); got {value!r}. Example: {DDP_TIMEOUT_ENV}=600."
+        )
+    return datetime.timedelta(seconds=seconds)
+
+
+def init_distributed(
+    backend: str | None = None,
+    *,
+    timeout: float | datetime.timedelta | None = None,
+    device: str | torch.device | None = None,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> tuple[int, int]:
+    """Join the process group (as started by ``torchrun``) with a collective timeout.
+
+    Without ``torchrun`` (``WORLD_SIZE`` unset or 1) and without ``world_size`` this does
+    nothing and returns ``(0, 1)``; with a group already initialised it returns its rank and
+    size.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; default ``"nccl"`` for a CUDA ``device``, else
+            ``"gloo"``.
+        timeout: Collective timeout, seconds or a ``timedelta``: a rank that waits longer in a
+            collective (for a stuck or dead rank) fails with a :class:`CollectiveError` naming
+            the rank(s) that did not answer. Default ``$SGS_TAD_DDP_TIMEOUT``, else
+            :data:`DEFAULT_DDP_TIMEOUT_S` (torch's own default is 30 minutes for gloo).
+        device: The training device, to choose the backend (and the CUDA device: ``LOCAL_RANK``).
+        init_method: Passed to :func:`torch.distributed.init_process_group` (default: the
+            ``env://`` variables torchrun sets).
+        rank: This process's rank (default ``$RANK``).
+        world_size: Number of processes (default ``$WORLD_SIZE``).
+
+    Returns:
+        ``(rank, world_size)``.
+    """
+    global _timeout_s, _monitor_group
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    if world <= 1:
+        return 0, 1
+    td = resolve_ddp_timeout(timeout)
+    cuda = device is not None and torch.device(device).type == "cuda"
+    backend = backend or ("nccl" if cuda else "gloo")
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        timeout=td,
+        world_size=world,
+        rank=-1 if rank is None else int(rank),
+    )
+    _timeout_s = td.total_seconds()
+    _monitor_group = dist.new_group(backend="gloo", timeout=td)
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    logger.info(
+        "process group: %s, rank %d of %d, collective timeout %.0f s",
+        backend,
+        dist.get_rank(),
+        world,
+        _timeout_s,
+    )
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _is_timeout(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def _missing_ranks(timeout_s: float) -> tuple[list[int] | None, str]:
+    """After a timeout: which ranks do not reach a monitored barrier of the monitor group.
+
+    Returns:
+        ``(ranks, note)``: the ranks that did not answer (``[]``: all answered), or ``None``
+        with a note saying why they could not be found.
+    """
+    if _monitor_group is None:
+        return None, (
+            "the ranks that did not answer are unknown (join the process group with "
+            "sgs_tad.distributed.init_distributed to have them named)"
+        )
+    try:
+        dist.monitored_barrier(
+            group=_monitor_group,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            wait_all_ranks=True,
+        )
+    except (RuntimeError, ValueError) as err:
+        found = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(err))
+        if found:
+            return [int(r) for r in found.group(1).replace(" ", "").split(",") if r], ""
+        return None, (
+            "rank 0 did not confirm a barrier afterwards: rank 0 is stuck itself, or its "
+            "error names the rank(s) that did not answer"
+        )
+    return [], ""
+
+
+def _guard(operation: str, collective: Callable[[], T]) -> T:
+    """Run ``collective``; on failure raise :class:`CollectiveError` naming rank and timeout."""
+    try:
+        return collective()
+    except CollectiveError:
+        raise
+    except RuntimeError as err:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        timeout_s = _timeout_s
+        limit = f"{timeout_s:g} s" if timeout_s is not None else "the process group's timeout"
+        if not _is_timeout(err):
+            raise CollectiveError(
+                f"{operation} failed on rank {rank} of {world}: {err}. If another rank failed "
+                "or timed out first, its error names the cause.",
+                rank=rank,
+                operation=operation,
+                timeout_s=timeout_s,
+                missing_ranks=None,
+                timed_out=False,
+            ) from err
+        missing, note = _missing_ranks(
+            min(timeout_s or _DIAGNOSIS_TIMEOUT_S, _DIAGNOSIS_TIMEOUT_S)
+        )
+        if missing:
+            who = (
+                f"rank(s) {missing} did not answer (not in this collective, nor in a barrier "
+                "within the timeout afterwards): they are stuck, dead or far behind; see "
+                "their logs"
+            )
+        elif missing == []:
+            who = (
+                "every rank answered a barrier afterwards, so the ranks ran different "
+                "collectives (different numbers of steps or batches, or a collective on "
+                "one rank only)"
+            )
+        else:
+            who = note
+        raise CollectiveError(
+            f"{operation} timed out on rank {rank} of {world} after {limit}: {who}. If a rank "
+            f"legitimately waits longer (rank 0 writing data or checkpoints), raise the "
+            f"timeout (init_distributed(timeout=...), ${DDP_TIMEOUT_ENV}, or --ddp-timeout "
+            "in the main job).",
+            rank=rank,
+            operation=operation,
+            timeout_s=timeout_s,
+            missing_ranks=missing,
+            timed_out=True,
+        ) from err
+
+
+def barrier(operation: str = "barrier") -> None:
+    """Wait for every rank (a no-op without a process group); guarded like every collective.
+
+    Args:
+        operation: What the barrier waits for, named in the error when it times out.
+    """
+    if is_distributed():
+        _guard(operation, dist.barrier)
 
 
 def is_distributed() -> bool:
@@ -94,9 +345,13 @@ def broadcast_module_states(modules: Sequence[nn.Module], *, src: int = 0) -> No
     """
     if not is_distributed():
         return
-    for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=src)
+
+    def run() -> None:
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=src)
+
+    _guard(f"broadcast of the module states from rank {src}", run)
 
 
 class GradientReducer:
@@ -166,7 +421,7 @@ class GradientReducer:
         summed: torch.Tensor | None = None
         if self._flags_bucket is None:
             summed = torch.tensor([float(f) for f in flags], device=self.flags_device)
-            dist.all_reduce(summed)
+            _guard("all_reduce of the step flags", lambda: dist.all_reduce(summed))
         for b, idxs in enumerate(self._buckets):
             params = [self.parameters[i] for i in idxs]
             ref = params[0]
@@ -189,7 +444,7 @@ class GradientReducer:
             if b == self._flags_bucket:
                 extra.append(torch.tensor([float(f) for f in flags], dtype=ref.dtype))
             buf = torch.cat([*parts, *(t.to(ref.device) for t in extra)])
-            dist.all_reduce(buf)
+            _guard("all_reduce of the gradients", functools.partial(dist.all_reduce, buf))
             n_total = sum(p.numel() for p in params)
             counts = buf[n_total : n_total + len(params)].tolist()
             if b == self._flags_bucket:
@@ -220,7 +475,7 @@ def check_same_on_all_ranks(value: int, what: str) -> None:
     t = torch.tensor([value, -value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    _guard(f"all_reduce checking {what}", lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX))
     hi, lo = int(t[0].item()), int(-t[1].item())
     if hi != lo:
         raise ValueError(
@@ -236,7 +491,7 @@ def gather_objects(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    _guard("all_gather_object", lambda: dist.all_gather_object(out, obj))
     return out
 
 

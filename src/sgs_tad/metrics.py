@@ -73,6 +73,7 @@ class MetricsWriter:
         self.enabled = enabled and self.directory is not None
         self._file: Any | None = None
         self._tb: Any | None = None
+        self._purge_step: int | None = None
         if tensorboard and self.directory is None:
             raise ValueError("tensorboard=True needs a log directory; pass log_dir=... as well.")
         self._tensorboard = self.enabled and tensorboard
@@ -101,7 +102,11 @@ class MetricsWriter:
         if self._tensorboard and self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.directory / "tensorboard"))
+            # After truncate_after(s), events of steps > s from the interrupted run are
+            # dropped from the TensorBoard view as well.
+            self._tb = SummaryWriter(
+                log_dir=str(self.directory / "tensorboard"), purge_step=self._purge_step
+            )
         if self._tb is not None:
             for key, value in clean.items():
                 values = value if isinstance(value, list) else [value]
@@ -109,6 +114,75 @@ class MetricsWriter:
                     if key != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                         name = f"{key}/{i}" if isinstance(value, list) else key
                         self._tb.add_scalar(name, v, global_step=step)
+
+    @property
+    def path(self) -> Path | None:
+        """``<directory>/metrics.jsonl``, or ``None`` without a directory."""
+        return None if self.directory is None else self.directory / "metrics.jsonl"
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records of steps after ``step`` (call it when a run resumes at ``step``).
+
+        A run interrupted after its last checkpoint has written records for steps that the
+        resumed run takes again; without this, ``metrics.jsonl`` lists them twice. The file is
+        rewritten atomically (a temporary file in the same folder, then ``os.replace``),
+        keeping, in order, every record whose ``"step"`` is ``<= step`` and dropping a torn
+        last line (an interrupted write). TensorBoard events after ``step`` are purged when
+        the TensorBoard writer opens (``SummaryWriter(purge_step=step + 1)``). A disabled
+        writer (no directory, or a non-zero rank) and a missing file are left alone.
+
+        Args:
+            step: The optimizer step the run resumes from (the checkpoint's step).
+
+        Returns:
+            The number of records (and torn lines) dropped.
+
+        Raises:
+            ValueError: when ``step`` is negative.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0 (the resumed step); got {step!r}.")
+        if not self.enabled or self.path is None:
+            return 0
+        self._purge_step = step + 1
+        if self._tb is not None:  # reopen with the purge step at the next write
+            self._tb.close()
+            self._tb = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self.path.is_file():
+            return 0
+        kept: list[str] = []
+        dropped = 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    keep = int(record["step"]) <= step
+                except (ValueError, KeyError, TypeError):
+                    keep = False  # a torn line, or not a record of this writer
+                if keep:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped += 1
+        if dropped:
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(kept)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            logger.info(
+                "%s: dropped %d record(s) after step %d (the run resumes there)",
+                self.path,
+                dropped,
+                step,
+            )
+        return dropped
 
     def close(self) -> None:
         """Close the files (idempotent)."""

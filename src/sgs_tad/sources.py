@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["SnippetReadError", "SnippetSource", "TensorSource"]
+__all__ = ["NonFiniteSnippetsError", "SnippetReadError", "SnippetSource", "TensorSource"]
 
 
 class SnippetReadError(RuntimeError):
@@ -36,6 +36,23 @@ class SnippetReadError(RuntimeError):
     Attributes:
         video_id: The video's id, when the source knows it.
         path: The file that failed, when there is one.
+    """
+
+    def __init__(self, message: str, *, video_id: str | None = None, path: object = None) -> None:
+        super().__init__(message)
+        self.video_id = video_id
+        self.path = path
+
+
+class NonFiniteSnippetsError(ValueError):
+    """A video's input values (snippets or features) hold NaN or inf.
+
+    Raised where the values are read, naming the video, so that a corrupt feature file is not
+    later blamed on the loss or a normalisation layer.
+
+    Attributes:
+        video_id: The video's id, when known.
+        path: The file the values came from, when there is one.
     """
 
     def __init__(self, message: str, *, video_id: str | None = None, path: object = None) -> None:

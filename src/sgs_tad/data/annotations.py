@@ -116,6 +116,16 @@ def load_annotations(
 
     Returns:
         The :class:`AnnotationSet`.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a file.
+        ValueError: when the file is not valid JSON (naming the line and column), or not in
+            the ActivityNet format.
+
+    Accepted with a warning (``logging.warning``, with counts): segments that start below 0
+    or end past the video's duration (the data set clips them to the video), and, when
+    validation videos are read, labels that occur in the validation subset but never in
+    training (no model can learn them).
     """
     path = Path(path)
     if not path.is_file():
@@ -123,8 +133,20 @@ def load_annotations(
             f"annotation file {str(path)!r} does not exist; pass the path of an ActivityNet-"
             "format JSON file (make a synthetic one with sgs_tad.data.generate_synthetic_dataset)."
         )
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"annotation file {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
+            f"column {err.colno} (character {err.pos}); fix the file there (a truncated "
+            "download or a hand edit?) or regenerate it."
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"annotation file {str(path)!r} is not UTF-8 text ({err.reason} at byte "
+            f"{err.start}); pass the ActivityNet-format JSON file."
+        ) from None
     return parse_annotations(data, subset=subset, classes=classes, on_error=on_error)
 
 
@@ -177,6 +199,9 @@ def parse_annotations(
         logger.warning(
             "skipped %d video(s) with bad annotations (first: %s)", len(problems), problems[0]
         )
+    _warn_out_of_range(videos)
+    if wanted is None or wanted == "validation":
+        _warn_validation_only_labels(database)
     return AnnotationSet(videos=tuple(videos), classes=class_list, skipped=len(problems))
 
 
@@ -224,3 +249,54 @@ def _parse_video(
         label_ids=tuple(class_index[lab] for lab in labels),
         fps=None if fps is None else float(fps),
     )
+
+
+def _warn_out_of_range(videos: Sequence[VideoAnnotation]) -> None:
+    """One warning counting segments that start below 0 or end past their video's end."""
+    below = past = 0
+    affected: list[str] = []
+    first = ""
+    for v in videos:
+        n_below = sum(1 for start, _ in v.segments if start < 0)
+        n_past = sum(1 for _, end in v.segments if end > v.duration)
+        if n_below or n_past:
+            affected.append(v.video_id)
+            if not first:
+                seg = next(s for s in v.segments if s[0] < 0 or s[1] > v.duration)
+                first = f"video {v.video_id!r}: [{seg[0]}, {seg[1]}] in {v.duration} s"
+        below, past = below + n_below, past + n_past
+    if affected:
+        logger.warning(
+            "%d segment(s) start below 0 s and %d end past their video's duration, in %d "
+            "video(s) (first: %s); they are clipped to [0, duration]. Check the annotation "
+            "file's times and durations if that is not expected.",
+            below,
+            past,
+            len(affected),
+            first,
+        )
+
+
+def _warn_validation_only_labels(database: Mapping[str, Any]) -> None:
+    """One warning counting labels that occur in validation and never in training."""
+    counts: dict[str, dict[str, int]] = {"training": {}, "validation": {}}
+    for rec in database.values():
+        if not isinstance(rec, Mapping) or rec.get("subset") not in counts:
+            continue
+        per_label = counts[str(rec.get("subset"))]
+        for a in rec.get("annotations") or []:
+            if isinstance(a, Mapping) and "label" in a:
+                label = str(a["label"])
+                per_label[label] = per_label.get(label, 0) + 1
+    if not counts["training"]:
+        return  # no training subset in this file: nothing to compare with
+    only = sorted(set(counts["validation"]) - set(counts["training"]))
+    if only:
+        logger.warning(
+            "%d label(s) occur only in the validation subset, never in training (%d "
+            "instance(s)): %s; no model can learn them, so their AP is 0. Move some of their "
+            "videos to training, or drop those labels.",
+            len(only),
+            sum(counts["validation"][label] for label in only),
+            only[:10],
+        )

@@ -27,18 +27,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..sources import SnippetSource, TensorSource
+from ..sources import NonFiniteSnippetsError, SnippetSource, TensorSource
 from .annotations import AnnotationSet, VideoAnnotation, load_annotations
 from .snippets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MediaSnippetSource,
+    check_normalisation,
     draw_crop,
     snippet_frame_indices,
 )
 from .video import MediaInfo, find_media, load_features, probe_media
 
-__all__ = ["ActivityNetDataset", "VideoBatch", "VideoSample", "collate_samples"]
+__all__ = [
+    "ActivityNetDataset",
+    "VideoBatch",
+    "VideoSample",
+    "check_finite_features",
+    "collate_samples",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,29 @@ def collate_samples(samples: Sequence[VideoSample]) -> VideoBatch:
     )
 
 
+def check_finite_features(feats: torch.Tensor, video_id: str, path: str | Path) -> None:
+    """Refuse a feature array with NaN or inf, naming the video, the file and the first one.
+
+    Non-finite inputs otherwise surface steps later as a NaN loss or a NaN in a norm layer,
+    far from the cause.
+
+    Raises:
+        NonFiniteSnippetsError: when ``feats`` has a non-finite value.
+    """
+    bad = ~torch.isfinite(feats)
+    if not bool(bad.any()):
+        return
+    first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+    raise NonFiniteSnippetsError(
+        f"the features of video {video_id!r} ({str(path)!r}) hold {int(bad.sum())} non-finite "
+        f"value(s) of {feats.numel()} (first: {float(feats[first])} at row, column {first}); "
+        "training on them gives a NaN loss. Re-extract this video's features, or remove it "
+        "from the annotation file.",
+        video_id=video_id,
+        path=path,
+    )
+
+
 class ActivityNetDataset(Dataset):
     """Videos of an ActivityNet-format annotation file, each as a lazy snippet source.
 
@@ -127,9 +157,15 @@ class ActivityNetDataset(Dataset):
         seed: Seed of the crop draws; the crop of video ``i`` in epoch ``e`` comes from a
             ``torch.Generator`` seeded with ``(seed, e, i)``, the same in any DataLoader worker.
         classes: Class list (default: sorted labels of the whole file).
-        on_error: ``"raise"``: a missing file, a video shorter than one snippet or an unknown
-            label raises ``ValueError``/``FileNotFoundError``. ``"skip"``: such videos are
-            dropped and one warning counts them by reason (also in ``self.skipped``).
+        on_error: ``"raise"``: a missing file, a video shorter than one snippet, an unknown
+            label or an id whose file would lie outside ``root`` (``../x``, an absolute path,
+            a symbolic link out of the root: :class:`~sgs_tad.data.video.UnsafeMediaPathError`)
+            raises ``ValueError``/``FileNotFoundError``. ``"skip"``: such videos are dropped
+            and one warning counts them by reason (also in ``self.skipped``).
+
+    Raises:
+        NonFiniteSnippetsError: from ``__getitem__`` in features mode, when a feature file
+            holds NaN or inf (named with the video id and the file).
     """
 
     def __init__(
@@ -177,10 +213,9 @@ class ActivityNetDataset(Dataset):
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.training = bool(training)
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        check_normalisation(mean, std)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB); got {mean!r}, {std!r}.")
         self.seed = int(seed)
         self.epoch = 0
 
@@ -270,6 +305,7 @@ class ActivityNetDataset(Dataset):
 
         if self.mode == "features":
             feats = torch.from_numpy(load_features(info.path))
+            check_finite_features(feats, video.video_id, info.path)
             if self.num_snippets is not None and feats.shape[0] != self.num_snippets:
                 feats = (
                     F.interpolate(
@@ -316,6 +352,7 @@ class ActivityNetDataset(Dataset):
             size=self.size,
             mean=self.mean,
             std=self.std,
+            video_id=video.video_id,
         )
         times = (frame_idx.float().mean(dim=1) + 0.5) / float(fps)
         return VideoSample(source, segments, labels, video.video_id, duration, float(fps), times)

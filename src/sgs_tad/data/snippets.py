@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..sources import SnippetSource
-from .video import decode_video_frames, list_frame_files, read_frame_files
+from ..sources import SnippetReadError, SnippetSource
+from .video import decode_video_frames, decoder_errors, list_frame_files, read_frame_files
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -31,12 +32,32 @@ __all__ = [
     "CropBox",
     "MediaSnippetSource",
     "SliceSource",
+    "check_normalisation",
     "draw_crop",
     "snippet_frame_indices",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def check_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
+    """Refuse normalisation constants that would make snippets non-finite.
+
+    Raises:
+        ValueError: unless ``mean`` and ``std`` are 3 finite numbers each and every ``std``
+            is > 0 (a zero ``std`` divides by zero: inf/NaN snippets).
+    """
+    mean_t, std_t = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean_t) != 3 or len(std_t) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB); got {mean!r}, {std!r}.")
+    if not all(math.isfinite(m) for m in mean_t) or not all(
+        math.isfinite(s) and s > 0 for s in std_t
+    ):
+        raise ValueError(
+            f"mean must be finite and std finite and > 0 (snippets are (x - mean) / std); got "
+            f"mean={list(mean_t)}, std={list(std_t)}. Pass e.g. the ImageNet statistics."
+        )
 
 
 def snippet_frame_indices(
@@ -152,10 +173,16 @@ class MediaSnippetSource:
         crop: The crop box, decided once for this video (see :func:`draw_crop`).
         size: Output ``(H, W)``.
         mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
-        std: Per-channel standard deviation divided by.
+        std: Per-channel standard deviation divided by (finite, > 0).
+        video_id: The video's id, named in errors.
 
     ``get_snippets(indices)`` returns ``float32 [n, 3, L, H, W]``. The object holds only the
     path and small tensors (no open file), so it pickles to DataLoader workers.
+
+    A file that fails to decode (corrupt content behind a valid header, a truncated file, a
+    file removed since the data set was built) raises
+    :class:`~sgs_tad.sources.SnippetReadError` naming the video id and the file, chained to
+    the decoder's error; the trainer's ``on_bad_video="skip"`` then skips and counts it.
     """
 
     def __init__(
@@ -168,7 +195,9 @@ class MediaSnippetSource:
         size: tuple[int, int],
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        video_id: str | None = None,
     ) -> None:
+        check_normalisation(mean, std)
         if kind not in ("video", "frames"):
             raise ValueError(f"kind must be 'video' or 'frames'; got {kind!r}.")
         if frame_indices.dim() != 2:
@@ -182,6 +211,7 @@ class MediaSnippetSource:
         self.size = (int(size[0]), int(size[1]))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.video_id = video_id
         self._files: list[Path] | None = None
 
     def __len__(self) -> int:
@@ -206,12 +236,23 @@ class MediaSnippetSource:
         if n == 0:
             return torch.empty(0, 3, length, *self.size)
         wanted = self.frame_indices[indices].reshape(-1).tolist()
-        if self.kind == "video":
-            frames = decode_video_frames(self.path, wanted)
-        else:
-            if self._files is None:
-                self._files = list_frame_files(self.path)
-            frames = read_frame_files(self._files, wanted)
+        try:
+            if self.kind == "video":
+                frames = decode_video_frames(self.path, wanted)
+            else:
+                if self._files is None:
+                    self._files = list_frame_files(self.path)
+                frames = read_frame_files(self._files, wanted)
+        except decoder_errors() as err:
+            what = "video" if self.video_id is None else f"video {self.video_id!r}"
+            raise SnippetReadError(
+                f"could not decode {what} ({str(self.path)!r}), frames {min(wanted)}-"
+                f"{max(wanted)}: {type(err).__name__}: {err}. The file is corrupt or truncated "
+                "(its header was readable when the data set was built): re-encode or replace "
+                "it, or remove the video from the annotation file.",
+                video_id=self.video_id,
+                path=self.path,
+            ) from err
         return (
             self._transform(torch.from_numpy(frames))
             .view(n, length, 3, *self.size)

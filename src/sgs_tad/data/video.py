@@ -28,12 +28,15 @@ __all__ = [
     "FRAME_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "MediaInfo",
+    "UnsafeMediaPathError",
     "decode_video_frames",
+    "decoder_errors",
     "find_media",
     "list_frame_files",
     "load_features",
     "probe_media",
     "read_frame_files",
+    "resolve_inside",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,28 +87,99 @@ def _require(module: str) -> Any:
         ) from err
 
 
+class UnsafeMediaPathError(ValueError):
+    """A video id whose file would lie outside the data root (``../``, an absolute path, a
+    symbolic link that points out of the root).
+
+    Attributes:
+        video_id: The id from the annotation file.
+        root: The data root.
+        path: The candidate path that left the root (as resolved).
+        reason: ``"outside the data root"``, the key of the data set's skip counts.
+    """
+
+    reason = "outside the data root"
+
+    def __init__(self, video_id: str, root: Path, path: Path) -> None:
+        super().__init__(
+            f"video id {video_id!r} resolves to {str(path)!r}, outside the data root "
+            f"{str(root)!r}; ids must name files inside the root (no '..', no absolute paths, "
+            "no symbolic links that point out of it). Fix the id in the annotation file, or "
+            "move or copy the file into the root (on_error='skip' drops such videos)."
+        )
+        self.video_id = video_id
+        self.root = root
+        self.path = path
+
+
+def resolve_inside(root: str | Path, path: str | Path, video_id: str) -> Path:
+    """Resolve ``path`` (symbolic links included) and check that it lies inside ``root``.
+
+    Args:
+        root: The data root.
+        path: A candidate path built from ``video_id`` (need not exist).
+        video_id: The id the path was built from, for the error message.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        UnsafeMediaPathError: when the resolved path is not inside the resolved root.
+    """
+    real_root = Path(root).resolve()
+    real = Path(path).resolve()
+    if real != real_root and real_root not in real.parents:
+        raise UnsafeMediaPathError(video_id, Path(root), real)
+    if real == real_root:  # an id of "" or "." names the root itself, never a video
+        raise UnsafeMediaPathError(video_id, Path(root), real)
+    return real
+
+
+def decoder_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a decoder raises on a corrupt or unreadable file.
+
+    ``OSError`` (missing or unreadable file, Pillow's ``UnidentifiedImageError``),
+    ``ValueError`` (PyAV's ``InvalidDataError``, a stream that ends early), ``EOFError``
+    (a truncated file), ``IndexError`` (a frame file gone from a folder) and every
+    ``av.error.FFmpegError`` when PyAV is installed.
+    """
+    errors: list[type[BaseException]] = [OSError, ValueError, EOFError, IndexError]
+    try:
+        import av
+
+        errors.append(av.error.FFmpegError)
+    except ImportError:  # pragma: no cover - depends on the environment
+        pass
+    return tuple(errors)
+
+
 def find_media(root: str | Path, video_id: str, kind: MediaKind) -> Path | None:
     """Find the file (or frame folder) of ``video_id`` under ``root``.
 
     Tries ``v_<id>`` and ``<id>`` (and ``<id>`` without a leading ``v_``), with each extension
     of ``kind`` (``VIDEO_EXTENSIONS`` or ``FEATURE_EXTENSIONS``; a folder for ``"frames"``).
+    Every candidate is resolved (symbolic links included) before it is looked at, and must
+    lie inside ``root``: an id such as ``../x`` or ``/etc/x`` is refused, not opened.
 
     Returns:
         The path, or ``None`` when nothing matches.
+
+    Raises:
+        UnsafeMediaPathError: when a candidate path leaves ``root``.
     """
     root = Path(root)
     stems = [f"v_{video_id}", video_id]
     if video_id.startswith("v_"):
         stems.append(video_id[2:])
+    exts = (
+        ("",) if kind == "frames" else VIDEO_EXTENSIONS if kind == "video" else FEATURE_EXTENSIONS
+    )
     for stem in stems:
-        if kind == "frames":
-            if (root / stem).is_dir():
-                return root / stem
-            continue
-        exts = VIDEO_EXTENSIONS if kind == "video" else FEATURE_EXTENSIONS
         for ext in exts:
-            if (root / (stem + ext)).is_file():
-                return root / (stem + ext)
+            candidate = root / (stem + ext)
+            resolve_inside(root, candidate, video_id)
+            if candidate.is_dir() if kind == "frames" else candidate.is_file():
+                return candidate
     return None
 
 
