@@ -26,10 +26,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- memory-time:begin -->", "<!-- memory-time:end -->"
@@ -96,36 +96,66 @@ class SavedBytes:
         return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.t)
 
 
+def build_encoder(cfg: dict) -> nn.Module:
+    """The toy 2D CNN, or one of the library's encoders (random init, norm layers frozen)."""
+    if cfg["encoder"] == "toy":
+        return Encoder()
+    from sgs_tad import freeze_norm_layers
+    from sgs_tad.encoders import build_encoder as build
+
+    return freeze_norm_layers(build(cfg["encoder"]))
+
+
+def make_engine(cfg: dict, encoder: nn.Module) -> Any:
+    """The method's engine: the library's EndToEnd (naive, checkpointing) or SGS."""
+    from sgs_tad import EndToEnd, SequentializedGradientSampler
+
+    if cfg["method"] == "naive":
+        return EndToEnd(encoder)
+    if cfg["method"] == "ckpt":
+        return EndToEnd(encoder, micro_batch_size=cfg["k"], checkpoint=True)
+    return SequentializedGradientSampler(
+        encoder, micro_batch_size=cfg["k"], ratio=cfg["ratio"], keep_graphs=cfg.get("keep", 0),
+        determinism_check=False,
+    )  # fmt: skip
+
+
+def encoder_flops(cfg: dict, engine: Any) -> float:
+    """Encoder FLOPs of one iteration relative to naive, a backward counted as 2 forwards.
+
+    Naive runs N forwards and N backwards (3N); checkpointing adds N recomputing forwards
+    (4N); SGS runs N no-grad forwards, re-runs the sampled snippets it did not keep, and
+    back-propagates the sampled ones (read off the engine's counters).
+    """
+    n = cfg["n"]
+    if cfg["method"] == "naive":
+        return 1.0
+    if cfg["method"] == "ckpt":
+        return 4 / 3
+    st = engine.stats
+    return (st.snippets_encoded + st.snippets_recomputed + 2 * st.snippets_sampled) / (3 * n)
+
+
 def run_one(cfg: dict) -> dict:
     """Train one iteration per repeat with one method; runs inside the fresh subprocess."""
-    from sgs_tad import SequentializedGradientSampler
-
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
-    encoder, detector = Encoder().to(device), Detector().to(device)
-    n, k = cfg["n"], cfg["k"]
-    snippets = torch.randn(1, n, 3, 4, 32, 32, device=device)
+    encoder = build_encoder(cfg).to(device)
+    n = cfg["n"]
+    snippets = torch.randn(1, n, *cfg["shape"], device=device)
+    with torch.no_grad():
+        channels = encoder(snippets[0, :1]).shape[-1]
+    detector = Detector(channels).to(device)
     target = torch.rand(1, 2, n, device=device)
     params = [*encoder.parameters(), *detector.parameters()]
-
-    def criterion(feats: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(detector(feats), target)
-
-    sgs = SequentializedGradientSampler(encoder, micro_batch_size=k, ratio=cfg["ratio"])
+    engine = make_engine(cfg, encoder)
 
     def iteration() -> None:
-        if cfg["method"] == "naive":
-            feats = encoder(snippets.flatten(0, 1)).view(1, n, -1)
-            criterion(feats).backward()
-        elif cfg["method"] == "ckpt":
-            flat = snippets.flatten(0, 1)
-            parts = [
-                checkpoint(encoder, flat[i : i + k], use_reentrant=False) for i in range(0, n, k)
-            ]
-            criterion(torch.cat(parts).view(1, n, -1)).backward()
-        else:
-            sgs.step(snippets, criterion)
+        feats = engine.encode(snippets)
+        logits = detector(feats)
+        nn.functional.binary_cross_entropy_with_logits(logits, target).backward()
+        engine.backward(snippets, feats)
         for p in params:
             p.grad = None
 
@@ -137,12 +167,17 @@ def run_one(cfg: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     saved = SavedBytes()
+    t0 = time.perf_counter()
     with saved.hooks():
         iteration()  # warm-up, also the memory measurement
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = [time.perf_counter() - t0]  # the memory run is timed too (used with repeats=0)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+    flops = encoder_flops(cfg, engine)
     for _ in range(cfg["repeats"]):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -155,21 +190,27 @@ def run_one(cfg: dict) -> dict:
         **cfg,
         "peak_rss_mb": (peak_rss - base_rss) / 1024,
         "saved_mb": saved.peak / 2**20,
-        "time_s": min(times),
+        "time_s": min(times[1:]) if len(times) > 1 else times[0],
+        "flops": flops,
     }
     if device.type == "cuda":
-        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     return out
 
 
-def configs(ns: list[int], ks: list[int], ratios: list[float]) -> list[dict]:
+def configs(
+    ns: list[int], ks: list[int], ratios: list[float], *, keep: bool, ckpt_ks: list[int]
+) -> list[dict]:
     grid = []
     for n in ns:
         grid.append({"method": "naive", "n": n, "k": n, "ratio": 1.0})
-        for k in ks:
+        for k in ckpt_ks:
             grid.append({"method": "ckpt", "n": n, "k": k, "ratio": 1.0})
+        for k in ks:
             for r in ratios:
                 grid.append({"method": "sgs", "n": n, "k": k, "ratio": r})
+                if keep:
+                    grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "keep": "all"})
     return grid
 
 
@@ -192,73 +233,123 @@ def environment() -> str:
     )
 
 
+def method_name(r: dict) -> str:
+    if r["method"] == "sgs" and r.get("keep"):
+        return "SGS, kept graphs"
+    return {"naive": "naive end to end", "ckpt": "checkpoint", "sgs": "SGS"}[r["method"]]
+
+
 def table(rows: list[dict]) -> str:
     naive = {r["n"]: r for r in rows if r["method"] == "naive"}
     mem_key = "cuda_peak_mb" if "cuda_peak_mb" in rows[0] else "peak_rss_mb"
+    mem_name = "CUDA peak MB" if mem_key == "cuda_peak_mb" else "peak RSS MB"
     lines = [
-        "| N | method | K | γ | peak memory MB | ratio to naive | saved-for-backward MB "
-        "| ratio | time s | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| N | method | K | γ | encoder FLOPs × naive | {mem_name} | × naive "
+        "| saved-for-backward MB | × naive | time s | × naive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        base = naive[r["n"]]
-        name = {"naive": "naive end to end", "ckpt": "checkpoint", "sgs": "SGS"}[r["method"]]
+        base = naive.get(r["n"])
         k = "-" if r["method"] == "naive" else r["k"]
         g = f"{r['ratio']:.1f}" if r["method"] == "sgs" else "-"
+
+        def rel(key: str, digits: int, r: dict = r, base: dict | None = base) -> str:
+            return f"{r[key] / max(base[key], 1e-9):.{digits}f}" if base else "-"
+
         lines.append(
-            f"| {r['n']} | {name} | {k} | {g} | {r[mem_key]:.0f} | "
-            f"{r[mem_key] / max(base[mem_key], 1e-9):.3f} | {r['saved_mb']:.1f} | "
-            f"{r['saved_mb'] / max(base['saved_mb'], 1e-9):.3f} | {r['time_s']:.2f} | "
-            f"{r['time_s'] / base['time_s']:.2f} |"
+            f"| {r['n']} | {method_name(r)} | {k} | {g} | {r.get('flops', float('nan')):.2f} | "
+            f"{r[mem_key]:.0f} | {rel(mem_key, 3)} | {r['saved_mb']:.1f} | "
+            f"{rel('saved_mb', 3)} | {r['time_s']:.2f} | {rel('time_s', 2)} |"
         )
     return "\n".join(lines)
 
 
+ENCODER_NOTE = {
+    "toy": "ResNet-style 2D CNN per frame (3 residual blocks, 32 channels)",
+    "small3d": "the main job's small 3D CNN (sgs_tad.encoders, random init)",
+    "tsm_r50": "TSM ResNet-50 (sgs_tad.encoders, random init, BatchNorm frozen)",
+    "r2plus1d_34": "R(2+1)D-34 (sgs_tad.encoders, random init, BatchNorm frozen)",
+}
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--encoder", default="toy", choices=sorted(ENCODER_NOTE))
+    parser.add_argument(
+        "--shape",
+        type=ints,
+        default=None,
+        help="snippet shape C,L,H,W (default 3,4,32,32 toy; 3,8,112,112 others)",
+    )
+    parser.add_argument("--n", type=ints, default=None, help="snippets per video, e.g. 16,32,64")
+    parser.add_argument("--k", type=ints, default=None, help="SGS micro-batch sizes K")
+    parser.add_argument("--ratios", default="0.3,1.0", help="SGS ratios γ, e.g. 0.1,0.3,1.0")
+    parser.add_argument("--ckpt-k", type=ints, default=None, help="checkpointing K (default: --k)")
+    parser.add_argument("--keep", action="store_true", help="also SGS with kept graphs")
     parser.add_argument("--quick", action="store_true", help="N ∈ {64, 128}, K = 4 only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed iterations after the memory run (0: time the memory run)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "memory_time.json")
+    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
-    ns, ks = ([64, 128], [4]) if args.quick else ([64, 128, 256, 512], [1, 4, 8])
+    toy = args.encoder == "toy"
+    shape = args.shape or ([3, 4, 32, 32] if toy else [3, 8, 112, 112])
+    ns = args.n or ([64, 128] if args.quick else [64, 128, 256, 512] if toy else [16, 32, 64])
+    ks = args.k or ([4] if args.quick else [1, 4, 8] if toy else [1, 2, 4, 8])
+    ratios = [float(r) for r in args.ratios.split(",")]
+    grid = configs(ns, ks, ratios, keep=args.keep, ckpt_ks=args.ckpt_k or ks)
     rows = []
-    for cfg in configs(ns, ks, [0.3, 1.0]):
-        cfg.update(device=args.device, repeats=args.repeats, threads=args.threads)
-        res = subprocess.run(
-            [sys.executable, __file__, "--one", json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+    for cfg in grid:
+        cfg.update(device=args.device, repeats=args.repeats, threads=args.threads,
+                   encoder=args.encoder, shape=shape)  # fmt: skip
+        res = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
+                             capture_output=True, text=True)  # fmt: skip
+        if res.returncode != 0:
+            print(f"{cfg} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
+            continue
         row = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(
-            f"N={row['n']:4d} {row['method']:5s} K={row['k']:3d} γ={row['ratio']:.1f} "
+            f"N={row['n']:4d} {method_name(row):18s} K={row['k']:3d} γ={row['ratio']:.1f} "
             f"peak={row.get('cuda_peak_mb', row['peak_rss_mb']):8.1f} MB "
             f"saved={row['saved_mb']:8.1f} MB time={row['time_s']:.2f} s",
             flush=True,
         )
-    args.json.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
+    tag = f"{args.encoder}-{args.device.split(':')[0]}"
+    json_path = args.json or ROOT / "benchmarks" / "results" / f"memory_time-{tag}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
+    command = "python benchmarks/memory_time.py " + " ".join(sys.argv[1:])
+    begin, end = (BEGIN, END) if tag == "toy-cpu" else (
+        f"<!-- memory-time-{tag}:begin -->", f"<!-- memory-time-{tag}:end -->")  # fmt: skip
     section = (
-        f"{BEGIN}\n## SGS against naive end to end and checkpointing\n\n"
-        f"Measured by `python benchmarks/memory_time.py{' --quick' if args.quick else ''}` "
-        f"on {args.device}, {args.threads} thread(s), one video per iteration, encoder: "
-        "ResNet-style 2D CNN per frame (3 residual blocks, 32 channels, 4×32×32 frames per "
-        "snippet), detector: 2-layer temporal conv. Memory on CPU is the growth of the peak "
-        "RSS of a fresh process over its value before training; saved-for-backward is the peak "
-        "of live tensors saved by autograd. Ratios are to naive at the same N.\n\n"
-        f"Environment: {environment()}\n\n{table(rows)}\n{END}"
+        f"{begin}\n## {args.encoder} on {args.device}: SGS against naive and checkpointing\n\n"
+        f"Measured by `{command.strip()}` on {args.device}, {args.threads} thread(s), one "
+        f"video per iteration, snippet {'×'.join(map(str, shape))}, encoder: "
+        f"{ENCODER_NOTE[args.encoder]}, detector: 2-layer temporal conv. Memory on CPU is the "
+        "growth of the peak RSS of a fresh process over its value before training (on CUDA, "
+        "`max_memory_allocated` over the allocation before training); saved-for-backward is "
+        "the peak of live tensors saved by autograd. Encoder FLOPs count a backward as two "
+        "forwards. Ratios are to naive at the same N.\n\n"
+        f"Environment: {environment()}\n\n{table(rows)}\n{end}"
     )
     text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text.split(BEGIN)[0] + section + text.split(END, 1)[1]
+    if begin in text:
+        text = text.split(begin)[0] + section + text.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     args.output.write_text(text)

@@ -56,8 +56,11 @@ def test_end_to_end_engine_equals_plain_backprop_for_every_parameter(options):
 def test_sgs_at_ratio_one_equals_the_end_to_end_engine():
     videos = [torch.randn(6, 2, 3, dtype=torch.float64), torch.randn(4, 2, 3, dtype=torch.float64)]
     results = []
-    for engine_of in (lambda e: EndToEnd(e),
-                      lambda e: SequentializedGradientSampler(e, micro_batch_size=3, ratio=1.0)):  # fmt: skip
+    engines = (
+        lambda e: EndToEnd(e),
+        lambda e: SequentializedGradientSampler(e, micro_batch_size=3, ratio=1.0),
+    )
+    for engine_of in engines:
         encoder, detector = models()
         engine = engine_of(encoder)
         feats = engine.encode(videos)

@@ -7,12 +7,11 @@ import weakref
 
 import pytest
 import torch
-from test_sgs import assert_same_grads, end_to_end, grads, loss_of, models
 
-from sgs_tad import SequentializedGradientSampler, SnippetReadError
+from sgs_tad import SequentializedGradientSampler, SnippetMixingError, SnippetReadError
 from sgs_tad.microbatch import num_sampled
 from sgs_tad.samplers import make_sampler
-from sgs_tad.sgs import parse_size
+from test_sgs import assert_same_grads, end_to_end, grads, loss_of, models
 
 
 def sample_mask(lengths: list[int], ratio: float, seed: int) -> torch.Tensor:
@@ -150,19 +149,45 @@ def test_bad_keep_budget_is_refused(bad):
         SequentializedGradientSampler(enc, keep_graphs=bad)
 
 
-def test_parse_size():
-    assert parse_size("2GB") == 2 * 10**9
-    assert parse_size("1.5 GiB") == int(1.5 * 2**30)
-    assert parse_size("512k") == 512_000
-    with pytest.raises(ValueError, match="memory_budget.*'12 parsecs'"):
-        parse_size("12 parsecs", name="memory_budget")
+def test_keep_budget_size_errors_name_the_option():
+    enc, _ = models()
+    with pytest.raises(ValueError, match="keep_graphs.*'12 parsecs'"):
+        SequentializedGradientSampler(enc, keep_graphs="12 parsecs")
+
+
+def test_auto_micro_batch_size_from_a_memory_budget():
+    snippets = torch.randn(2, 12, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    end_to_end(enc, det, snippets)
+    reference = grads(enc, det)
+    enc, det = models()
+    sgs = run(enc, det, snippets, micro_batch_size="auto", memory_budget="20KB", ratio=1.0)
+    choice = sgs.auto_choice
+    assert choice is not None and choice["micro_batch_size"] == sgs.micro_batch_size
+    per_snippet = choice["saved_bytes_per_snippet"] + choice["workspace_bytes_per_snippet"]
+    assert sgs.micro_batch_size == int(20_000 // per_snippet) >= 1
+    assert sgs.encode_batch_size >= sgs.micro_batch_size
+    # Phase 3 ran in micro-batches of the chosen K, and the gradient is still exact.
+    assert max(enc.calls[-sgs.stats.recompute_calls :]) == sgs.micro_batch_size
+    assert_same_grads(grads(enc, det), reference, 1e-10)
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_auto_micro_batch_size_errors():
+    enc, _ = models()
+    with pytest.raises(ValueError, match="memory_budget='2GB'"):
+        SequentializedGradientSampler(enc, micro_batch_size="auto")
+    sgs = SequentializedGradientSampler(enc, micro_batch_size="auto", memory_budget=16)
+    with pytest.raises(ValueError, match=r"cannot hold one snippet: the probe measured .* per"):
+        sgs.encode(torch.randn(1, 4, 2, 6, 6, dtype=torch.float64))
 
 
 def test_auto_phase_one_size_runs_unsampled_snippets_in_large_calls():
     snippets = torch.randn(1, 40, 2, 6, 6, dtype=torch.float64)
     enc, det = models()
-    run(enc, det, snippets, micro_batch_size=2, ratio=0.1)  # encode_batch_size="auto": 16
-    # Phase 1: 4 sampled snippets in calls of 2, then 36 others in calls of 16; phase 3: 2 x 2.
+    run(enc, det, snippets, micro_batch_size=2, ratio=0.1, independence_check=False)
+    # encode_batch_size="auto" = 16. Phase 1: 4 sampled snippets in calls of 2, then 36 others
+    # in calls of 16; phase 3: 2 x 2.
     assert enc.calls == [2, 2, 16, 16, 4, 2, 2]
 
 
@@ -199,3 +224,38 @@ def test_prefetch_reraises_a_decoding_error_in_order():
     sgs = SequentializedGradientSampler(enc, micro_batch_size=2, ratio=0.0, prefetch=True)
     with pytest.raises(SnippetReadError, match="corrupt snippet 7"):
         sgs.encode([SlowSource(snippets[0], fail_at=7)])
+
+
+class BatchConv(torch.nn.Module):
+    """Mixes the snippets of a micro-batch: a temporal conv over the batch dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(72, 5)
+        self.temporal = torch.nn.Conv1d(5, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x.flatten(1))  # [M, 5]
+        return self.temporal(h.t().unsqueeze(0)).squeeze(0).t()
+
+
+def test_engine_refuses_an_encoder_that_mixes_snippets_on_the_first_batch():
+    sgs = SequentializedGradientSampler(BatchConv(), micro_batch_size=4, ratio=0.3)
+    with pytest.raises(SnippetMixingError, match="temporal"):
+        sgs.encode(torch.randn(1, 8, 2, 6, 6))
+    with pytest.raises(SnippetMixingError):
+        SequentializedGradientSampler(BatchConv()).encode_features(torch.randn(1, 8, 2, 6, 6))
+    # Turned off, the engine runs (and its gradients would be wrong: eq. 4 does not hold).
+    feats = SequentializedGradientSampler(BatchConv(), independence_check=False).encode(
+        torch.randn(1, 8, 2, 6, 6)
+    )
+    assert feats.shape == (1, 8, 5)
+
+
+def test_independence_check_runs_once_and_passes_a_clean_encoder():
+    enc, _ = models(dropout=0.5)
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=2, ratio=0.5)
+    sgs.encode(torch.randn(1, 6, 2, 6, 6, dtype=torch.float64))
+    first = len(enc.calls)
+    sgs.encode(torch.randn(1, 6, 2, 6, 6, dtype=torch.float64))
+    assert len(enc.calls) - first < first  # the second batch runs no check

@@ -5,12 +5,13 @@ named after its concept (``sgs_tad.samplers``, ``sgs_tad.proposals``, ``sgs_tad.
 """
 
 from .engine import EndToEnd, Engine
+from .independence import SnippetMixingError, check_snippet_independence
 from .norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
 from .phase import is_encoding, is_recomputing
 from .proposals import ProposalMap, sample_proposals
 from .samplers import make_sampler
 from .sgs import SequentializedGradientSampler
-from .sources import SnippetReadError, SnippetSource, TensorSource
+from .sources import NonFiniteSnippetsError, SnippetReadError, SnippetSource, TensorSource
 from .steps import StepInfo
 from .trainer import SGSTrainer
 
@@ -18,13 +19,16 @@ __all__ = [
     "EndToEnd",
     "Engine",
     "FrozenBatchNorm",
+    "NonFiniteSnippetsError",
     "ProposalMap",
     "SGSTrainer",
     "SequentializedGradientSampler",
+    "SnippetMixingError",
     "SnippetReadError",
     "SnippetSource",
     "StepInfo",
     "TensorSource",
+    "check_snippet_independence",
     "freeze_norm_layers",
     "freeze_stages",
     "is_encoding",

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -74,7 +73,8 @@ NO_GRAD_FEATURES_MESSAGE = (
 )
 
 
-AUTO_ENCODE_FACTOR = 8  # encode_batch_size="auto": phase-1 calls of 8 K snippets
+AUTO_ENCODE_FACTOR = 8  # encode_batch_size="auto" without a budget: phase-1 calls of 8 K
+AUTO_ENCODE_LIMIT = 1024  # the most snippets "auto" puts in one call
 
 
 @dataclass(frozen=True)
@@ -89,30 +89,6 @@ class KeepBudget:
         return bool(self.snippets) or bool(self.bytes)
 
 
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "ki": 2**10, "m": 10**6,
-          "mb": 10**6, "mib": 2**20, "mi": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30,
-          "gi": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40, "ti": 2**40}  # fmt: skip
-
-
-def parse_size(value: int | str, *, name: str = "size") -> int:
-    """Bytes of a size given as an int or a string such as ``"512MB"``, ``"2GiB"``, ``"1.5G"``.
-
-    Example:
-        >>> parse_size("2GB"), parse_size("512MiB"), parse_size(1024)
-        (2000000000, 536870912, 1024)
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if match is None or match.group(2).lower() not in _UNITS:
-        raise ValueError(
-            f"{name} must be a number of bytes (int >= 0) or a size such as '512MB', '2GiB' or"
-            f" '1.5G'; got {value!r}."
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
 def _parse_keep_budget(value: int | str) -> KeepBudget:
     if value == "all":
         return KeepBudget(snippets=2**62)
@@ -121,7 +97,12 @@ def _parse_keep_budget(value: int | str) -> KeepBudget:
             raise ValueError(f"keep_graphs must be >= 0 snippets; got {value}.")
         return KeepBudget(snippets=value)
     if isinstance(value, str):
-        return KeepBudget(bytes=parse_size(value, name="keep_graphs"))
+        from .plan import parse_bytes
+
+        try:
+            return KeepBudget(bytes=parse_bytes(value))
+        except ValueError as err:
+            raise ValueError(f"keep_graphs: {err}") from None
     raise ValueError(
         f"keep_graphs must be 0 (keep none), a number of snippets, 'all' or a size such as "
         f"'512MB'; got {value!r}."
@@ -211,9 +192,17 @@ class SequentializedGradientSampler:
             into ``[M, C]``). Each snippet's feature must depend on that snippet only: see
             ``docs/transparency.md``.
         micro_batch_size: K, snippets per encoder call with grad (phase 3), packed across
-            videos. Peak encoder memory is that of K snippets' saved activations.
+            videos. Peak encoder memory is that of K snippets' saved activations. ``"auto"``
+            measures one snippet's saved-activation and workspace bytes with a probe
+            (:func:`sgs_tad.plan.measure_snippet_cost`) on the first batch and takes the
+            largest K whose activations fit ``memory_budget``; the choice is logged and kept
+            in :attr:`auto_choice`.
+        memory_budget: Bytes (an int, or a size such as ``"2GB"``) that one micro-batch's
+            encoder activations may take: needed by ``micro_batch_size="auto"``, and with it
+            ``encode_batch_size="auto"`` also sizes the no-grad phase-1 calls to the budget.
         encode_batch_size: Snippets per phase-1 call for the snippets phase 3 never re-runs:
-            an int, ``"auto"`` (default: ``8 * K``) or ``None`` (= K, the behaviour of the
+            an int, ``"auto"`` (default: ``8 * K``, or with ``memory_budget`` the largest call
+            whose measured no-grad workspace fits it) or ``None`` (= K, the behaviour of the
             paper's code). A forward without a graph keeps no activations, so it can run many
             more snippets per call than K, which keeps a CPU or GPU busy. Sampled snippets
             always run in micro-batches of exactly K in phase 1 too, so their dropout masks
@@ -252,6 +241,13 @@ class SequentializedGradientSampler:
         norm_policy: ``"error"`` refuses an encoder with a BatchNorm in training mode (use
             :func:`sgs_tad.norm.freeze_norm_layers`); ``"allow"`` runs it anyway, accepting
             gradients that are not exact and running statistics updated twice.
+        independence_check: On the first batch, check once that each snippet's feature depends
+            on that snippet alone (:func:`sgs_tad.check_snippet_independence`, a few small
+            forwards on up to 4 snippets) and refuse an encoder that mixes the snippets of a
+            micro-batch (train-mode BatchNorm, a temporal adapter over the batch, attention
+            across the batch) with :class:`~sgs_tad.SnippetMixingError`: such an encoder
+            breaks eq. 4, so SGS gradients would silently differ from end to end. Skipped
+            with ``norm_policy="allow"``, which accepts a mixing BatchNorm.
         on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase
             3 for that batch (e.g. fp16 with a ``GradScaler``, which will skip the step anyway).
         generator: Source of all sampling randomness. Default: a private generator seeded from
@@ -264,7 +260,8 @@ class SequentializedGradientSampler:
         self,
         encoder: nn.Module,
         *,
-        micro_batch_size: int = 4,
+        micro_batch_size: int | Literal["auto"] = 4,
+        memory_budget: int | str | None = None,
         encode_batch_size: int | Literal["auto"] | None = "auto",
         keep_graphs: int | str = 0,
         prefetch: bool | Literal["auto"] = "auto",
@@ -275,18 +272,33 @@ class SequentializedGradientSampler:
         preserve_rng_state: bool = True,
         determinism_check: bool = True,
         norm_policy: Literal["error", "allow"] = "error",
+        independence_check: bool = True,
         on_nonfinite_grad: Literal["raise", "skip"] = "raise",
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}.")
-        if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
+        self.memory_budget = None
+        if memory_budget is not None:
+            from .plan import parse_bytes
+
+            self.memory_budget = parse_bytes(memory_budget)
+            if self.memory_budget <= 0:
+                raise ValueError(f"memory_budget must be > 0 bytes; got {memory_budget!r}.")
+        if micro_batch_size == "auto":
+            if self.memory_budget is None:
+                raise ValueError(
+                    "micro_batch_size='auto' chooses K from a memory budget: pass "
+                    "memory_budget='2GB' (the bytes one micro-batch's encoder activations may "
+                    "take), or an int micro_batch_size."
+                )
+        elif isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
             raise TypeError(
                 f"micro_batch_size must be an int >= 1, got {micro_batch_size!r} "
                 f"({type(micro_batch_size).__name__})."
             )
-        if micro_batch_size < 1:
+        elif micro_batch_size < 1:
             raise ValueError(
                 f"micro_batch_size must be >= 1 (snippets per encoder call), got "
                 f"{micro_batch_size}. Use 1 for the smallest memory, 4 as in the paper."
@@ -323,10 +335,15 @@ class SequentializedGradientSampler:
         if pool is not None and not callable(pool):
             raise TypeError(f"pool must be callable or None, got {type(pool).__name__}.")
         self.encoder = encoder
-        self.micro_batch_size = micro_batch_size
-        if encode_batch_size == "auto":
-            encode_batch_size = AUTO_ENCODE_FACTOR * micro_batch_size
-        self.encode_batch_size: int = encode_batch_size or micro_batch_size
+        # Resolved by a probe at the first batch when "auto" (see _resolve_auto).
+        self._auto_k = micro_batch_size == "auto"
+        self._auto_k1 = encode_batch_size == "auto"
+        self._k1_option = encode_batch_size
+        self.micro_batch_size: int = 0 if self._auto_k else int(micro_batch_size)
+        self.encode_batch_size: int = 0
+        self.auto_choice: dict[str, Any] | None = None
+        if not self._auto_k:
+            self._set_encode_batch_size(None)
         self.keep_graphs = _parse_keep_budget(keep_graphs)
         self.prefetch = prefetch
         self.ratio = float(ratio)
@@ -336,6 +353,8 @@ class SequentializedGradientSampler:
         self.preserve_rng_state = preserve_rng_state
         self.determinism_check = determinism_check
         self.norm_policy = norm_policy
+        self.independence_check = bool(independence_check)
+        self._independence_checked = False
         self.on_nonfinite_grad = on_nonfinite_grad
         if generator is None:
             # initial_seed() reads the global seed without advancing the global generator.
@@ -363,6 +382,74 @@ class SequentializedGradientSampler:
                 f"{type(sampler).__name__}."
             )
         return sampler
+
+    def _set_encode_batch_size(self, nograd_bytes_per_snippet: float | None) -> None:
+        k = self.micro_batch_size
+        if not self._auto_k1:
+            self.encode_batch_size = int(self._k1_option or k)
+        elif nograd_bytes_per_snippet and self.memory_budget is not None:
+            fits = int(self.memory_budget // max(nograd_bytes_per_snippet, 1.0))
+            self.encode_batch_size = max(k, min(fits, AUTO_ENCODE_LIMIT))
+        else:
+            self.encode_batch_size = AUTO_ENCODE_FACTOR * k
+
+    def _resolve_auto(self, sources: Sequence[SnippetSource]) -> None:
+        """Choose K (and the phase-1 size) from the memory budget with a one-off probe."""
+        from .plan import format_bytes, measure_snippet_cost
+
+        assert self.memory_budget is not None
+        first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
+        cost = measure_snippet_cost(self.encoder, tuple(first.shape[1:]), micro_batch_size=2,
+                                    device=self.device, pool=self.pool, dtype=first.dtype,
+                                    repeats=1)  # fmt: skip
+        per_snippet = cost.saved_bytes + cost.workspace_bytes
+        k = int(self.memory_budget // max(per_snippet, 1.0))
+        if k < 1:
+            raise ValueError(
+                f"memory_budget={format_bytes(self.memory_budget)} cannot hold one snippet: "
+                f"the probe measured {format_bytes(per_snippet)} per snippet "
+                f"({format_bytes(cost.saved_bytes)} saved for backward + "
+                f"{format_bytes(cost.workspace_bytes)} workspace) for snippets "
+                f"{tuple(first.shape[1:])}. Raise the budget, use smaller snippets, or freeze "
+                "more encoder stages."
+            )
+        self.micro_batch_size = min(k, AUTO_ENCODE_LIMIT)
+        self._set_encode_batch_size(cost.nograd_peak_bytes)
+        self._auto_k = False
+        self.auto_choice = {
+            "micro_batch_size": self.micro_batch_size,
+            "encode_batch_size": self.encode_batch_size,
+            "memory_budget": self.memory_budget,
+            "saved_bytes_per_snippet": cost.saved_bytes,
+            "workspace_bytes_per_snippet": cost.workspace_bytes,
+            "nograd_bytes_per_snippet": cost.nograd_peak_bytes,
+        }
+        logger.info(
+            "micro_batch_size='auto': K = %d, phase-1 calls of %d (budget %s; measured %s saved"
+            " + %s workspace per snippet)",
+            self.micro_batch_size, self.encode_batch_size, format_bytes(self.memory_budget),
+            format_bytes(cost.saved_bytes), format_bytes(cost.workspace_bytes),
+        )  # fmt: skip
+
+    def _check_independence(self, sources: Sequence[SnippetSource]) -> None:
+        """Once, on the first batch: refuse an encoder whose features mix snippets."""
+        self._independence_checked = True
+        if not self.independence_check or self.norm_policy == "allow":
+            return
+        parts, have = [], 0
+        for src in sources:
+            take = min(len(src), 4 - have)
+            parts.append(src.get_snippets(torch.arange(take)))
+            have += take
+            if have >= 4:
+                break
+        if have < 2:  # one snippet in all cannot mix; check the next batch
+            self._independence_checked = False
+            return
+        from .independence import check_snippet_independence
+
+        x = torch.cat(parts).to(self.device)
+        check_snippet_independence(self.encoder, x, pool=self.pool, raise_on_failure=True)
 
     @property
     def needs_features(self) -> bool:
@@ -581,11 +668,15 @@ class SequentializedGradientSampler:
             Features ``[B, N_max, C]`` (no grad); rows past a video's length are zero.
         """
         sources = as_sources(snippets)
+        if self._auto_k:
+            self._resolve_auto(sources)
         lengths = [len(s) for s in sources]
         plan = plan_encode(lengths, self.micro_batch_size, phase1_size=self.encode_batch_size)
         self.stats = SGSStats(encode_calls=len(plan.phase1), snippets_encoded=sum(lengths))
         with torch.no_grad():
             feats, _, _, _ = self._run_plan(plan.phase1, sources, lengths)
+        if not self._independence_checked:  # after phase 1, which checks the output shape
+            self._check_independence(sources)
         return feats
 
     def encode(self, snippets: SnippetInput) -> torch.Tensor:
@@ -602,6 +693,8 @@ class SequentializedGradientSampler:
         if self.norm_policy == "error":
             self._check_norm()
         sources = as_sources(snippets)
+        if self._auto_k:
+            self._resolve_auto(sources)
         lengths = [len(s) for s in sources]
         k = self.micro_batch_size
         plan: EncodePlan | None = None
@@ -619,6 +712,8 @@ class SequentializedGradientSampler:
         feats, rng_states, autocast, kept = self._run_plan(
             batches, sources, lengths, sampled=sampled, capture=self.preserve_rng_state
         )
+        if not self._independence_checked:  # after phase 1, which checks the output shape
+            self._check_independence(sources)
         feats.requires_grad_(True)
 
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool, device=feats.device)

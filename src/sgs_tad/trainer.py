@@ -389,6 +389,8 @@ class SGSTrainer:
             raise ValueError("pass both eval_data and eval_step, or neither.")
         if resume:
             resume_trainer(self, resume, override=resume_override)
+            # Records past the resumed step belong to the interrupted run: drop them.
+            self.metrics.truncate_after(self.step)
         loader, sampler = make_loader(train_data, seed=self.seed, batch_size=batch_size,
                                       shuffle=shuffle, num_workers=num_workers,
                                       collate_fn=collate_fn, drop_last=drop_last)  # fmt: skip

@@ -1,0 +1,143 @@
+"""The main job side by side: SGS against naive end-to-end training, phase by phase.
+
+Runs ``examples/etad_anet.py`` (default data and model) once per setting and repeat, each in a
+fresh process, interleaved (``naive, sgs, ..., naive, sgs, ...``) so that a slow spell of a
+shared machine hits every setting alike, and prints the training time relative to naive, the
+time of each phase (encode, detector, update, optimizer), peak memory and the average mAP::
+
+    python benchmarks/main_job.py --epochs 3 --repeats 2
+    python benchmarks/main_job.py --epochs 3 --write-docs     # also updates docs/benchmarks.md
+
+Settings: ``naive`` (``--naive``), ``sgs-k`` (γ = 0.3 with phase 1 in micro-batches of K, the
+paper code's way), ``sgs`` (γ = 0.3, the defaults: unsampled snippets in phase-1 calls of 8 K)
+``sgs-keep`` (as ``sgs`` with the sampled micro-batches' graphs kept, ``--keep-graphs all``)
+and ``sgs-noprefetch`` (as ``sgs`` with decoding in the encoder's critical path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- main-job:begin -->", "<!-- main-job:end -->"
+
+SETTINGS = {
+    "naive": ("naive end to end", ["--naive"]),
+    "sgs-k": ("SGS γ = 0.3, phase 1 at K", ["--encode-batch-size", "4"]),
+    "sgs": ("SGS γ = 0.3 (default)", []),
+    "sgs-keep": ("SGS γ = 0.3, kept graphs", ["--keep-graphs", "all"]),
+    "sgs-noprefetch": ("SGS γ = 0.3, no prefetching", ["--prefetch", "off"]),
+}
+PHASES = ("encode", "detector", "update", "optimizer")
+
+
+def run(name: str, args: argparse.Namespace, out: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "examples" / "etad_anet.py"), "--epochs", str(args.epochs),
+           "--output-dir", str(out), "--no-progress", "--seed", str(args.seed),
+           *SETTINGS[name][1], *args.extra]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {
+        "train_s": metrics["train_time_s"],
+        "train_cpu_s": metrics["train_cpu_time_s"],
+        "peak_mb": metrics["peak_memory_mb"],
+        "map": 100 * metrics["average_mAP"],
+        "phases": {p: metrics["phases"].get(p, {}).get("seconds", 0.0) for p in PHASES},
+    }
+
+
+def environment() -> str:
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+            f"{torch.get_num_threads()} torch threads")  # fmt: skip
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    base = statistics.median(r["train_s"] for r in results["naive"])
+    base_phase = {p: statistics.median(r["phases"][p] for r in results["naive"]) for p in PHASES}
+    lines = [
+        "| setting | training time | × naive | CPU time | × naive | "
+        + " | ".join(f"{p} s" for p in PHASES) + " | peak RSS MB | × naive | average mAP |",
+        "|---|---|---|---|---|" + "---|" * len(PHASES) + "---|---|---|",
+    ]  # fmt: skip
+    base_mem = statistics.median(r["peak_mb"] for r in results["naive"])
+    base_cpu = statistics.median(r["train_cpu_s"] for r in results["naive"])
+    for name, runs in results.items():
+        t = statistics.median(r["train_s"] for r in runs)
+        cpu = statistics.median(r["train_cpu_s"] for r in runs)
+        mem = statistics.median(r["peak_mb"] for r in runs)
+        phases = " | ".join(
+            f"{statistics.median(r['phases'][p] for r in runs):.1f}"
+            + ("" if name == "naive" or base_phase[p] < 0.1 else
+               f" ({statistics.median(r['phases'][p] for r in runs) / base_phase[p]:.2f}×)")
+            for p in PHASES
+        )  # fmt: skip
+        maps = [r["map"] for r in runs if r["map"] is not None]
+        mean_map = f"{statistics.mean(maps):.1f}" if maps else "-"
+        lines.append(f"| {SETTINGS[name][0]} | {t:.1f} s | **{t / base:.2f}** | {cpu:.1f} s | "
+                     f"{cpu / base_cpu:.2f} | {phases} | "
+                     f"{mem:.0f} | {mem / base_mem:.2f} | {mean_map} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="further options for every run of the main job")  # fmt: skip
+    p.add_argument("--write-docs", action="store_true", help=f"update {DOC.relative_to(ROOT)}")
+    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "main_job.json")
+    args = p.parse_args()
+    if "naive" not in args.settings:
+        args.settings.insert(0, "naive")
+    # Make sure the data set exists before timing anything (the first run would generate it).
+    results: dict[str, list[dict]] = {name: [] for name in args.settings}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for name in args.settings:
+                res = run(name, args, Path(tmp) / f"{name}-{r}")
+                results[name].append(res)
+                print(f"repeat {r} {name}: {res['train_s']:.1f} s "
+                      f"({res['train_cpu_s']:.1f} s CPU), {res['peak_mb']:.0f} MB, "
+                      f"phases {res['phases']}", flush=True)  # fmt: skip
+    text = table(results)
+    command = "python benchmarks/main_job.py " + " ".join(sys.argv[1:])
+    env = environment()
+    print(f"\n{text}\n\n{env}\n{command}")
+    args.json.write_text(json.dumps({"environment": env, "command": command,
+                                     "results": results}, indent=2))  # fmt: skip
+    if args.write_docs:
+        block = (f"{BEGIN}\n## The main job, SGS against naive\n\n"
+                 f"`{command}` ({args.epochs} epochs of the default main job, median of "
+                 f"{args.repeats} interleaved runs, each in a fresh process; training only, "
+                 f"evaluation excluded). Machine: {env}.\n\n{text}\n{END}")  # fmt: skip
+        doc = DOC.read_text()
+        if BEGIN in doc:
+            doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+        else:
+            doc = doc.rstrip() + "\n\n" + block + "\n"
+        DOC.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
