@@ -11,7 +11,8 @@ time of each phase (encode, detector, update, optimizer), peak memory and the av
 Settings: ``naive`` (``--naive``), ``sgs-k`` (γ = 0.3 with phase 1 in micro-batches of K, the
 paper code's way), ``sgs`` (γ = 0.3, the defaults: unsampled snippets in phase-1 calls of 8 K)
 ``sgs-keep`` (as ``sgs`` with the sampled micro-batches' graphs kept, ``--keep-graphs all``)
-and ``sgs-noprefetch`` (as ``sgs`` with decoding in the encoder's critical path).
+``sgs-noprefetch`` (as ``sgs`` with decoding in the encoder's critical path) and
+``sgs-nocache`` (as ``sgs`` decoding the file again for every micro-batch, phase 3 included).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SETTINGS = {
     "sgs": ("SGS γ = 0.3 (default)", []),
     "sgs-keep": ("SGS γ = 0.3, kept graphs", ["--keep-graphs", "all"]),
     "sgs-noprefetch": ("SGS γ = 0.3, no prefetching", ["--prefetch", "off"]),
+    "sgs-nocache": ("SGS γ = 0.3, no decode cache", ["--decode-cache-mb", "0"]),
 }
 PHASES = ("encode", "detector", "update", "optimizer")
 
@@ -46,7 +48,9 @@ def run(name: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "examples" / "etad_anet.py"), "--epochs", str(args.epochs),
            "--output-dir", str(out), "--no-progress", "--seed", str(args.seed),
            *SETTINGS[name][1], *args.extra]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    threads = str(args.threads)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -60,13 +64,13 @@ def run(name: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
-def environment() -> str:
+def environment(threads: int) -> str:
     import numpy
 
     cpu = platform.processor() or platform.machine()
     return (f"{platform.platform()}, {cpu}, {os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
-            f"{torch.get_num_threads()} torch threads")  # fmt: skip
+            f"{threads} torch thread(s) per run")  # fmt: skip
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -102,6 +106,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (1: robust to other load on a shared machine)",
+    )
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further options for every run of the main job")  # fmt: skip
@@ -122,7 +132,7 @@ def main() -> None:
                       f"phases {res['phases']}", flush=True)  # fmt: skip
     text = table(results)
     command = "python benchmarks/main_job.py " + " ".join(sys.argv[1:])
-    env = environment()
+    env = environment(args.threads)
     print(f"\n{text}\n\n{env}\n{command}")
     args.json.write_text(json.dumps({"environment": env, "command": command,
                                      "results": results}, indent=2))  # fmt: skip

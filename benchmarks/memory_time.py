@@ -1,19 +1,31 @@
-"""Peak memory and time of SGS against naive end to end and temporal checkpointing.
+"""Peak memory, encoder FLOPs and time of SGS against naive end to end and checkpointing.
 
-Each configuration runs in a fresh subprocess, so its peak RSS is its own. For every method it
-reports, relative to naive end-to-end training at the same N:
+Each configuration runs in a fresh subprocess, so its peak memory is its own. For every method
+it reports, relative to naive end-to-end training at the same N:
 
-- peak RSS growth of the process during training (CPU), or ``max_memory_allocated`` (CUDA);
-- the peak of live bytes saved for backward, counted with ``saved_tensors_hooks``;
+- encoder FLOPs of one iteration (a backward counted as two forwards), from the engine's
+  counters;
+- peak RSS growth of the process during training (CPU), or ``max_memory_allocated`` over the
+  allocation before training (CUDA);
+- the peak of live bytes saved for backward (activations; parameters excluded), counted with
+  :class:`sgs_tad.plan.SavedBytesMeter`;
 - wall time of one training iteration (min over the timed repeats).
 
-Methods: ``naive`` (all N snippets in one graph), ``ckpt`` (``torch.utils.checkpoint`` over
-micro-batches of K, non-reentrant, as OpenTAD does), ``sgs`` (this library) at γ ∈ {0.3, 1.0}.
+Methods, all through the library's engines: ``naive`` (``EndToEnd``: all N snippets in one
+graph), ``ckpt`` (``EndToEnd(checkpoint=True)``: ``torch.utils.checkpoint`` over micro-batches
+of K, non-reentrant, as OpenTAD does), ``sgs`` (``SequentializedGradientSampler``) and, with
+``--keep``, SGS with the sampled micro-batches' graphs kept (``keep_graphs="all"``).
 
-To reproduce (about 10 minutes on 2 CPU cores)::
+To reproduce::
 
-    python benchmarks/memory_time.py                 # full grid, writes docs/benchmarks.md
-    python benchmarks/memory_time.py --quick         # N ∈ {64, 128}, K = 4
+    python benchmarks/memory_time.py                     # toy 2D CNN grid (about 10 min, CPU)
+    python benchmarks/memory_time.py --quick             # N ∈ {64, 128}, K = 4
+    python benchmarks/memory_time.py --encoder tsm_r50 --n 16,32,64 --k 1,2,4,8 \\
+        --ratios 0.1,0.3,1.0 --keep                      # the paper's Table 3, random init
+    python benchmarks/memory_time.py --encoder r2plus1d_34 --device cuda ...   # on a GPU
+
+Each run writes its table to ``docs/benchmarks.md`` (one section per encoder and device) and
+its rows to ``benchmarks/results/memory_time-<encoder>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -73,29 +85,6 @@ class Detector(nn.Module):
         return self.net(feats.transpose(1, 2))
 
 
-class SavedBytes:
-    """Live and peak bytes saved for backward (each save counted, shared storage included)."""
-
-    def __init__(self) -> None:
-        self.live = 0
-        self.peak = 0
-
-    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
-        counter = self
-
-        class Holder:
-            def __init__(self, t: torch.Tensor) -> None:
-                self.t = t
-                self.n = t.numel() * t.element_size()
-                counter.live += self.n
-                counter.peak = max(counter.peak, counter.live)
-
-            def __del__(self) -> None:
-                counter.live -= self.n
-
-        return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.t)
-
-
 def build_encoder(cfg: dict) -> nn.Module:
     """The toy 2D CNN, or one of the library's encoders (random init, norm layers frozen)."""
     if cfg["encoder"] == "toy":
@@ -138,6 +127,8 @@ def encoder_flops(cfg: dict, engine: Any) -> float:
 
 def run_one(cfg: dict) -> dict:
     """Train one iteration per repeat with one method; runs inside the fresh subprocess."""
+    from sgs_tad.plan import SavedBytesMeter
+
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
@@ -169,9 +160,9 @@ def run_one(cfg: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    saved = SavedBytes()
+    saved = SavedBytesMeter(exclude=[*params, *encoder.buffers(), *detector.buffers()])
     t0 = time.perf_counter()
-    with saved.hooks():
+    with saved:
         iteration()  # warm-up, also the memory measurement
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -199,8 +190,16 @@ def run_one(cfg: dict) -> dict:
 
 
 def configs(
-    ns: list[int], ks: list[int], ratios: list[float], *, keep: bool, ckpt_ks: list[int]
+    ns: list[int],
+    ks: list[int],
+    ratios: list[float],
+    *,
+    keep: bool,
+    ckpt_ks: list[int],
+    sweep_ks: list[int] = (),  # type: ignore[assignment]
 ) -> list[dict]:
+    """The grid: per N, naive, checkpointing at ``ckpt_ks``, SGS at ``ks`` × ``ratios`` (and
+    kept graphs at γ < 1), plus SGS at ``sweep_ks`` and γ = 0.3 at the largest N only."""
     grid = []
     for n in ns:
         grid.append({"method": "naive", "n": n, "k": n, "ratio": 1.0})
@@ -209,8 +208,12 @@ def configs(
         for k in ks:
             for r in ratios:
                 grid.append({"method": "sgs", "n": n, "k": k, "ratio": r})
-                if keep:
+                if keep and r < 1:
                     grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "keep": "all"})
+        if n == max(ns):
+            for k in sweep_ks:
+                if k not in ks:
+                    grid.append({"method": "sgs", "n": n, "k": k, "ratio": 0.3})
     return grid
 
 
@@ -289,7 +292,10 @@ def main() -> None:
     parser.add_argument("--k", type=ints, default=None, help="SGS micro-batch sizes K")
     parser.add_argument("--ratios", default="0.3,1.0", help="SGS ratios γ, e.g. 0.1,0.3,1.0")
     parser.add_argument("--ckpt-k", type=ints, default=None, help="checkpointing K (default: --k)")
-    parser.add_argument("--keep", action="store_true", help="also SGS with kept graphs")
+    parser.add_argument("--keep", action="store_true", help="also SGS with kept graphs (γ < 1)")
+    parser.add_argument(
+        "--sweep-k", type=ints, default=[], help="more SGS K at γ = 0.3, at the largest N only"
+    )
     parser.add_argument("--quick", action="store_true", help="N ∈ {64, 128}, K = 4 only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -311,7 +317,8 @@ def main() -> None:
     ns = args.n or ([64, 128] if args.quick else [64, 128, 256, 512] if toy else [16, 32, 64])
     ks = args.k or ([4] if args.quick else [1, 4, 8] if toy else [1, 2, 4, 8])
     ratios = [float(r) for r in args.ratios.split(",")]
-    grid = configs(ns, ks, ratios, keep=args.keep, ckpt_ks=args.ckpt_k or ks)
+    grid = configs(ns, ks, ratios, keep=args.keep, ckpt_ks=args.ckpt_k or ks,
+                   sweep_ks=args.sweep_k)  # fmt: skip
     rows = []
     for cfg in grid:
         cfg.update(device=args.device, repeats=args.repeats, threads=args.threads,

@@ -253,3 +253,32 @@ def test_nonfinite_features_name_the_video(synth, tmp_path):
 def test_zero_std_is_refused(synth):
     with pytest.raises(ValueError, match=r"std finite and > 0 .* std=\[0.5, 0.0, 0.5\]"):
         ActivityNetDataset(synth, synthetic_video_dir(synth), std=(0.5, 0.0, 0.5), **KW)
+
+
+def test_media_source_decodes_a_cached_video_once(synth, monkeypatch):
+    """A video whose snippets fit the cache is decoded in one pass, then served from memory."""
+    import pickle
+
+    from sgs_tad.data import snippets as snippets_module
+
+    opts = dict(subset="training", num_snippets=8, snippet_length=2, size=16)
+    root = synthetic_video_dir(synth)
+    cached = ActivityNetDataset(synth, root, **opts)[0].source
+    plain = ActivityNetDataset(synth, root, decode_cache_bytes=0, **opts)[0].source
+    calls: list[int] = []
+    real = snippets_module.decode_video_frames
+
+    def counting(path, frames, **kw):
+        calls.append(len(frames))
+        return real(path, frames, **kw)
+
+    monkeypatch.setattr(snippets_module, "decode_video_frames", counting)
+    first = cached.get_snippets(torch.tensor([5, 1]))
+    again = cached.get_snippets(torch.tensor([0, 7, 3]))
+    assert calls == [8 * 2]  # one pass over all 8 snippets, none for the second request
+    assert torch.equal(first, plain.get_snippets(torch.tensor([5, 1])))
+    assert torch.equal(again, plain.get_snippets(torch.tensor([0, 7, 3])))
+    assert len(calls) == 3  # without a cache every request decodes
+    assert pickle.loads(pickle.dumps(cached))._cache is None
+    with pytest.raises(ValueError, match="decode_cache_bytes must be an int >= 0"):
+        ActivityNetDataset(synth, root, subset="training", decode_cache_bytes=-1)

@@ -109,24 +109,6 @@ def _parse_keep_budget(value: int | str) -> KeepBudget:
     )
 
 
-class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the bytes autograd saves for backward (each storage once) while active."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._seen: set[int] = set()
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen:
-                self._seen.add(key)
-                self.total += storage.nbytes()
-            return t
-
-        super().__init__(pack, lambda t: t)
-
-
 @dataclass
 class SGSStats:
     """Counters of the last phase-1 and phase-3 calls (for logs and tests).
@@ -579,6 +561,10 @@ class SequentializedGradientSampler:
             )
         return out
 
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Parameters and buffers: saved for backward too, but they exist anyway."""
+        return [*self.encoder.parameters(), *self.encoder.buffers()]
+
     def _keep(self, batch: MicroBatch, kept_snippets: int, kept_bytes: int, last: int) -> bool:
         """Whether the next sampled micro-batch's graph still fits the keep budget."""
         budget = self.keep_graphs
@@ -616,10 +602,14 @@ class SequentializedGradientSampler:
                 keeping = keeping and j < sampled
                 keeping = keeping and self._keep(batch, kept_snippets, kept_bytes, per_snippet)
                 if keeping:
-                    counter = _SavedBytes() if self.keep_graphs.bytes is not None else None
+                    counter = None
+                    if self.keep_graphs.bytes is not None:
+                        from .plan import SavedBytesMeter
+
+                        counter = SavedBytesMeter(exclude=self._state_tensors())
                     with torch.enable_grad(), counter or nullcontext():
                         out = self._run(batch, x)
-                    size = counter.total if counter is not None else 0
+                    size = counter.live if counter is not None else 0
                     budget = self.keep_graphs.bytes
                     if budget is not None and kept_bytes + size > budget:
                         keeping = False  # measured over budget: recomputed in phase 3 instead

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from ..sources import NonFiniteSnippetsError, SnippetSource, TensorSource
 from .annotations import AnnotationSet, VideoAnnotation, load_annotations
 from .snippets import (
+    DEFAULT_DECODE_CACHE_BYTES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MediaSnippetSource,
@@ -154,6 +155,9 @@ class ActivityNetDataset(Dataset):
             centre crop uses ``max``.
         mean: Per-channel normalisation mean (pixels in ``[0, 1]``).
         std: Per-channel normalisation standard deviation.
+        decode_cache_bytes: ``cache_bytes`` of each video's
+            :class:`~sgs_tad.data.snippets.MediaSnippetSource`: a video whose snippets fit is
+            decoded once per batch and served from memory afterwards (phase 3 included).
         seed: Seed of the crop draws; the crop of video ``i`` in epoch ``e`` comes from a
             ``torch.Generator`` seeded with ``(seed, e, i)``, the same in any DataLoader worker.
         classes: Class list (default: sorted labels of the whole file).
@@ -184,6 +188,7 @@ class ActivityNetDataset(Dataset):
         crop_scale: tuple[float, float] = (0.8, 1.0),
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES,
         seed: int = 0,
         classes: Sequence[str] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
@@ -216,6 +221,13 @@ class ActivityNetDataset(Dataset):
         check_normalisation(mean, std)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        if isinstance(decode_cache_bytes, bool) or not isinstance(decode_cache_bytes, int) or (
+            decode_cache_bytes < 0
+        ):
+            raise ValueError(
+                f"decode_cache_bytes must be an int >= 0 (0: no cache); got {decode_cache_bytes!r}."
+            )
+        self.decode_cache_bytes = decode_cache_bytes
         self.seed = int(seed)
         self.epoch = 0
 
@@ -353,6 +365,7 @@ class ActivityNetDataset(Dataset):
             mean=self.mean,
             std=self.std,
             video_id=video.video_id,
+            cache_bytes=self.decode_cache_bytes,
         )
         times = (frame_idx.float().mean(dim=1) + 0.5) / float(fps)
         return VideoSample(source, segments, labels, video.video_id, duration, float(fps), times)

@@ -27,6 +27,7 @@ from ..sources import SnippetReadError, SnippetSource
 from .video import decode_video_frames, decoder_errors, list_frame_files, read_frame_files
 
 __all__ = [
+    "DEFAULT_DECODE_CACHE_BYTES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CropBox",
@@ -163,6 +164,9 @@ def draw_crop(
     return CropBox(top, left, ch, cw)
 
 
+DEFAULT_DECODE_CACHE_BYTES = 256 * 2**20
+
+
 class MediaSnippetSource:
     """A :class:`~sgs_tad.sources.SnippetSource` that decodes snippets of a file on demand.
 
@@ -175,9 +179,16 @@ class MediaSnippetSource:
         mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
         std: Per-channel standard deviation divided by (finite, > 0).
         video_id: The video's id, named in errors.
+        cache_bytes: When all N snippets of the video take at most this many bytes (``N · 3 ·
+            L · H · W · 4``), the first request decodes the whole video in one pass and keeps
+            the snippets, so later requests (the other phase-1 micro-batches, phase 3's
+            re-forward) are served from memory instead of decoding the file again; the
+            source, and its cache, live as long as the batch. Larger videos decode per
+            request, so a long video is never held whole. ``0`` turns the cache off.
 
     ``get_snippets(indices)`` returns ``float32 [n, 3, L, H, W]``. The object holds only the
-    path and small tensors (no open file), so it pickles to DataLoader workers.
+    path and small tensors (no open file, and an empty cache when pickled), so it pickles to
+    DataLoader workers.
 
     A file that fails to decode (corrupt content behind a valid header, a truncated file, a
     file removed since the data set was built) raises
@@ -196,6 +207,7 @@ class MediaSnippetSource:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         video_id: str | None = None,
+        cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES,
     ) -> None:
         check_normalisation(mean, std)
         if kind not in ("video", "frames"):
@@ -212,7 +224,19 @@ class MediaSnippetSource:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.video_id = video_id
+        self.cache_bytes = int(cache_bytes)
         self._files: list[Path] | None = None
+        self._cache: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # decoded snippets stay in the process that decoded them
+        return state
+
+    @property
+    def whole_video_bytes(self) -> int:
+        """Bytes of all N snippets after the transform (what the cache would hold)."""
+        return len(self) * 3 * int(self.frame_indices.shape[1]) * self.size[0] * self.size[1] * 4
 
     def __len__(self) -> int:
         return int(self.frame_indices.shape[0])
@@ -235,6 +259,15 @@ class MediaSnippetSource:
         length = int(self.frame_indices.shape[1])
         if n == 0:
             return torch.empty(0, 3, length, *self.size)
+        if self._cache is not None:
+            return self._cache[indices]
+        if 0 < self.whole_video_bytes <= self.cache_bytes and n < len(self):
+            self._cache = self._decode(torch.arange(len(self)))
+            return self._cache[indices]
+        return self._decode(indices)
+
+    def _decode(self, indices: torch.Tensor) -> torch.Tensor:
+        n, length = int(indices.numel()), int(self.frame_indices.shape[1])
         wanted = self.frame_indices[indices].reshape(-1).tolist()
         try:
             if self.kind == "video":
