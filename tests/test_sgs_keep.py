@@ -259,3 +259,71 @@ def test_independence_check_runs_once_and_passes_a_clean_encoder():
     first = len(enc.calls)
     sgs.encode(torch.randn(1, 6, 2, 6, 6, dtype=torch.float64))
     assert len(enc.calls) - first < first  # the second batch runs no check
+
+
+def _mask_from(state: torch.Tensor, lengths: list[int], ratio: float) -> torch.Tensor:
+    replay = torch.Generator()
+    replay.set_state(state)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for v, n in enumerate(lengths):
+        k = num_sampled(n, ratio)
+        idx = make_sampler("random")(n, k, generator=replay) if k < n else torch.arange(n)
+        mask[v, idx] = True
+    return mask
+
+
+def _warm_up(sgs, det, dtype=torch.float64):
+    warm = torch.randn(1, 4, 2, 6, 6, dtype=dtype)
+    feats = sgs.encode(warm)
+    loss_of(det, feats).backward()
+    sgs.backward(warm, feats)
+    for p in [*sgs.encoder.parameters(), *det.parameters()]:
+        p.grad = None
+
+
+@pytest.mark.parametrize("ratio", [0.3, 1.0])
+def test_an_encoder_without_randomness_shares_the_large_phase_one_calls(ratio):
+    snippets = torch.randn(2, 10, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=2, encode_batch_size=8, ratio=ratio,
+                                        independence_check=False,
+                                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    _warm_up(sgs, det)  # the first batch finds out that phase 1 draws no random numbers
+    state = sgs.generator.get_state()
+    enc.calls.clear()
+    feats = sgs.encode(snippets)
+    assert enc.calls == [8, 8, 4]  # every snippet at the phase-1 size, sampled ones included
+    loss_of(det, feats).backward()
+    sgs.backward(snippets, feats)
+    n = num_sampled(10, ratio)
+    assert enc.calls[3:] == [2] * n  # phase 3 in fresh calls of K
+    got = grads(enc, det)
+    enc, det = models()
+    end_to_end(enc, det, snippets, feature_mask=_mask_from(state, [10, 10], ratio))
+    assert_same_grads(got, grads(enc, det), 1e-10)
+
+
+def test_an_encoder_with_dropout_keeps_replayable_calls():
+    enc, det = models(dropout=0.5)
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=2, encode_batch_size=8, ratio=0.3,
+                                        independence_check=False)  # fmt: skip
+    _warm_up(sgs, det)
+    enc.calls.clear()
+    sgs.encode(torch.randn(1, 10, 2, 6, 6, dtype=torch.float64))
+    assert enc.calls == [2, 1, 7]  # 3 sampled in calls of K first (replayed), then the rest
+
+
+def test_dropout_switched_on_later_falls_back_to_replayable_calls(caplog):
+    enc, det = models(dropout=0.5)
+    enc.drop.eval()  # no randomness at first
+    sgs = SequentializedGradientSampler(enc, micro_batch_size=2, encode_batch_size=8, ratio=0.5,
+                                        independence_check=False)  # fmt: skip
+    _warm_up(sgs, det)
+    enc.drop.train()
+    snippets = torch.randn(1, 10, 2, 6, 6, dtype=torch.float64)
+    with caplog.at_level("WARNING"):
+        feats = sgs.encode(snippets)
+    assert "phase 1 is rerun" in caplog.text
+    loss_of(det, feats).backward()
+    sgs.backward(snippets, feats)  # the determinism check would fail without the rerun
+    assert all(p.grad is not None for p in enc.parameters())

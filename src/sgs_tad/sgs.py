@@ -142,6 +142,9 @@ class _EncodeRecord:
     # Pre-drawn sample (feature-independent samplers): the phase-3 micro-batches are the first
     # phase-1 micro-batches (plan.sampled), replayed with their RNG states. None: draw later.
     plan: EncodePlan | None
+    # Pre-drawn sample of an encoder without randomness whose phase 1 ran in larger calls:
+    # phase 3 recomputes it in fresh micro-batches of K (nothing to replay).
+    picks: list[torch.Tensor] | None = None
     rng_states: list[RNGState | None] = field(default_factory=list)
     autocast: dict[str, Any] = field(default_factory=dict)
     # Outputs (with their graphs) of the leading sampled micro-batches kept in phase 1.
@@ -336,6 +339,10 @@ class SequentializedGradientSampler:
         self.determinism_check = determinism_check
         self.norm_policy = norm_policy
         self.independence_check = bool(independence_check)
+        # Whether phase 1 leaves the global random states alone: None until the first batch
+        # tells. An encoder without randomness needs no replay, so its sampled snippets may
+        # share the larger phase-1 calls.
+        self._rng_free: bool | None = None
         self._independence_checked = False
         self.on_nonfinite_grad = on_nonfinite_grad
         if generator is None:
@@ -688,20 +695,68 @@ class SequentializedGradientSampler:
         lengths = [len(s) for s in sources]
         k = self.micro_batch_size
         plan: EncodePlan | None = None
+        picks: list[torch.Tensor] | None = None
         if self.ratio > 0 and not self.needs_features:
-            # Draw the sample before phase 1; the plan puts the sampled snippets first, so the
-            # leading phase-1 micro-batches are exactly the phase-3 ones (same snippets, same
-            # order), and a replayed RNG state reproduces their dropout masks.
             picks = [self._draw(n, None) for n in lengths]
+        fold = picks is not None and self._rng_free is True and not self.keep_graphs.enabled
+        if picks is not None and not fold:
+            # The sample is drawn before phase 1; the plan puts the sampled snippets first, so
+            # the leading phase-1 micro-batches are exactly the phase-3 ones (same snippets,
+            # same order), and a replayed RNG state reproduces their dropout masks.
             plan = plan_encode(lengths, k, picks=picks, phase1_size=self.encode_batch_size)
             batches = plan.phase1
         else:
+            # Nothing to replay (frozen, feature-guided, or an encoder that draws no random
+            # numbers): every snippet runs at the phase-1 size; phase 3 gets its own calls.
             batches = plan_encode(lengths, k, phase1_size=self.encode_batch_size).phase1
         sampled = plan.num_sampled_batches if plan is not None else 0
         self.stats = SGSStats(encode_calls=len(batches), snippets_encoded=sum(lengths))
+        before = self._rng_snapshot() if self.ratio > 0 and self._rng_free is not False else None
         feats, rng_states, autocast, kept = self._run_plan(
             batches, sources, lengths, sampled=sampled, capture=self.preserve_rng_state
         )
+        if before is not None:
+            drew = not all(torch.equal(a, b) for a, b in zip(before, self._rng_snapshot()))
+            if self._rng_free is None:
+                self._rng_free = not drew
+                logger.info(
+                    "%s",
+                    "the encoder draws random numbers (dropout, ...): the sampled snippets keep "
+                    "phase-1 calls of K, so that phase 3 replays their masks exactly"
+                    if drew
+                    else "the encoder draws no random numbers: sampled snippets share the "
+                    "larger phase-1 calls (no replay needed)",
+                )
+            elif drew:  # an encoder that started drawing (dropout switched on): redo phase 1
+                logger.warning(
+                    "the encoder drew random numbers in phase 1 although it did not before: "
+                    "phase 1 is rerun with the sampled snippets in replayable calls of K"
+                )
+                self._rng_free = False
+                return self.encode(snippets) if fold else self._finish_encode(
+                    feats, sources, lengths, plan, picks, rng_states, autocast, kept
+                )  # fmt: skip
+        return self._finish_encode(feats, sources, lengths, plan, picks if fold else None,
+                                   rng_states, autocast, kept)  # fmt: skip
+
+    def _rng_snapshot(self) -> list[torch.Tensor]:
+        """The global random states an encoder's dropout would advance (CPU, its CUDA device)."""
+        states = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.device))
+        return states
+
+    def _finish_encode(
+        self,
+        feats: torch.Tensor,
+        sources: Sequence[SnippetSource],
+        lengths: list[int],
+        plan: EncodePlan | None,
+        picks: list[torch.Tensor] | None,
+        rng_states: list[RNGState | None],
+        autocast: dict[str, Any],
+        kept: list[torch.Tensor],
+    ) -> torch.Tensor:
         if not self._independence_checked:  # after phase 1, which checks the output shape
             self._check_independence(sources)
         feats.requires_grad_(True)
@@ -709,7 +764,7 @@ class SequentializedGradientSampler:
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool, device=feats.device)
         for v, n in enumerate(lengths):
             mask[v, :n] = True
-        self._records[feats] = _EncodeRecord(lengths=lengths, mask=mask, plan=plan,
+        self._records[feats] = _EncodeRecord(lengths=lengths, mask=mask, plan=plan, picks=picks,
                                              rng_states=rng_states, autocast=autocast,
                                              kept=kept)  # fmt: skip
         return feats
@@ -744,7 +799,7 @@ class SequentializedGradientSampler:
         self.stats.snippets_recomputed = 0
         self.stats.snippets_sampled = 0
         if self.ratio == 0 or record.plan is None or not record.plan.sampled:
-            record.kept = []
+            record.kept = []  # (nothing is kept without a replayable plan)
         if self.ratio == 0:
             return
         grad = feats.grad
@@ -765,6 +820,9 @@ class SequentializedGradientSampler:
         if record.plan is not None:
             batches = record.plan.sampled
             states = list(record.rng_states)
+        elif record.picks is not None:
+            batches = plan_recompute(record.picks, self.micro_batch_size)
+            states = [None] * len(batches)
         else:
             # Feature-guided sampler: the sample exists only now. The sampled snippets get new
             # micro-batches, so phase-1 RNG states cannot be replayed (see docs/transparency.md).
