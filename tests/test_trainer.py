@@ -501,3 +501,23 @@ def test_an_unreadable_video_is_skipped_and_counted_or_raised(policy):
     assert [b["video_id"] for b in summary["bad_videos"]] == ["bad"]
     assert summary["bad_videos"][0]["path"] == "bad.mp4"
     assert trainer.step == 4 and summary["skipped_steps"] == 0
+
+
+def test_a_detector_that_raises_floating_point_error_skips_the_step():
+    """A detector may meet non-finite values before a loss exists (ETAD's RoI pooling of NaN
+    boundaries): the step is skipped like a NaN loss, and too many in a row stop the run."""
+    from sgs_tad import EndToEnd, SGSTrainer
+
+    def step(feats, batch, info):
+        raise FloatingPointError("non-finite boundaries")
+
+    data = [{"snippets": torch.randn(3, 6)} for _ in range(4)]
+    trainer = SGSTrainer(EndToEnd(nn.Linear(6, 4)), nn.Linear(4, 1), detector_step=step,
+                         max_consecutive_skips=3)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row were skipped"):
+        trainer.fit(data, epochs=1)
+    assert trainer.skipped_steps == 3
+    raising = SGSTrainer(EndToEnd(nn.Linear(6, 4)), nn.Linear(4, 1), detector_step=step,
+                         nonfinite="raise")  # fmt: skip
+    with pytest.raises(FloatingPointError, match="non-finite boundaries"):
+        raising.fit(data, epochs=1)

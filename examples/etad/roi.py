@@ -73,6 +73,14 @@ def _weights(segments: Tensor, num_bins: int, t: int) -> tuple[Tensor, Tensor]:
     ``padded`` the ``T + 2`` knot values (the sequence with its first and last snippet repeated
     at knots -1 and T, which makes it constant there).
     """
+    if not bool(torch.isfinite(segments).all()):
+        # A NaN or inf boundary (the detector's regression diverged) would become an index of
+        # -2**63 below, far from the cause.
+        raise FloatingPointError(
+            f"{int((~torch.isfinite(segments)).any(-1).sum())} of {segments.shape[0]} segments "
+            "to pool have non-finite boundaries: the detector's outputs are not finite (its "
+            "weights or inputs overflowed). Lower the learning rate or set max_grad_norm."
+        )
     seg = segments.detach() * t - 0.5  # snippet-centre units: snippet i at i
     steps = torch.linspace(0.0, 1.0, num_bins + 1, dtype=seg.dtype, device=seg.device)
     edges = seg[:, :1] + (seg[:, 1:] - seg[:, :1]) * steps  # [R, n+1]

@@ -290,9 +290,16 @@ class SGSTrainer:
                 feats = self.engine.encode(snippets)
             info = self._info(snippets, feats, training=True)
             with self.timer.phase("detector"):
-                with self.autocast():
-                    loss, parts = split_loss(self._loss(feats, batch, info), self.loss_key)
-                value = float(loss.detach())
+                try:
+                    with self.autocast():
+                        loss, parts = split_loss(self._loss(feats, batch, info), self.loss_key)
+                    value = float(loss.detach())
+                except FloatingPointError as err:  # the detector met non-finite values itself
+                    if self.nonfinite == "raise":
+                        raise
+                    logger.warning("step %d skipped: %s", self.step, err)
+                    self._window.bad = True
+                    return
                 if not math.isfinite(value):
                     if self.nonfinite == "raise":
                         raise FloatingPointError(

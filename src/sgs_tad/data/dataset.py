@@ -221,11 +221,14 @@ class ActivityNetDataset(Dataset):
         check_normalisation(mean, std)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        if isinstance(decode_cache_bytes, bool) or not isinstance(decode_cache_bytes, int) or (
-            decode_cache_bytes < 0
+        if (
+            isinstance(decode_cache_bytes, bool)
+            or not isinstance(decode_cache_bytes, int)
+            or (decode_cache_bytes < 0)
         ):
             raise ValueError(
-                f"decode_cache_bytes must be an int >= 0 (0: no cache); got {decode_cache_bytes!r}."
+                "decode_cache_bytes must be an int >= 0 (0: no cache); got "
+                f"{decode_cache_bytes!r}."
             )
         self.decode_cache_bytes = decode_cache_bytes
         self.seed = int(seed)
