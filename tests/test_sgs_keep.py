@@ -182,13 +182,31 @@ def test_auto_micro_batch_size_errors():
         sgs.encode(torch.randn(1, 4, 2, 6, 6, dtype=torch.float64))
 
 
-def test_auto_phase_one_size_runs_unsampled_snippets_in_large_calls():
+def test_phase_one_size_runs_unsampled_snippets_in_large_calls():
     snippets = torch.randn(1, 40, 2, 6, 6, dtype=torch.float64)
     enc, det = models()
-    run(enc, det, snippets, micro_batch_size=2, ratio=0.1, independence_check=False)
-    # encode_batch_size="auto" = 16. Phase 1: 4 sampled snippets in calls of 2, then 36 others
-    # in calls of 16; phase 3: 2 x 2.
+    run(enc, det, snippets, micro_batch_size=2, encode_batch_size=16, ratio=0.1,
+        independence_check=False)  # fmt: skip
+    # Phase 1: 4 sampled snippets in calls of 2, then 36 others in calls of 16; phase 3: 2 x 2.
     assert enc.calls == [2, 2, 16, 16, 4, 2, 2]
+
+
+def test_auto_phase_one_size_is_measured_on_the_first_batch():
+    """'auto' runs the first batch at K, measuring s (phase 3) and w (phase 1) on the way, then
+    sizes the no-grad calls to stay within one phase-3 micro-batch's memory."""
+    snippets = torch.randn(1, 40, 2, 6, 6, dtype=torch.float64)
+    enc, det = models()
+    sgs = run(enc, det, snippets, micro_batch_size=2, ratio=0.1, independence_check=False)
+    assert set(enc.calls) == {2}  # the first batch: every call at K, no extra forward
+    choice = sgs.phase1_choice
+    assert choice is not None
+    s, w = choice["saved_bytes_per_snippet"], choice["workspace_bytes_per_snippet"]
+    assert s > 0 and w > 0
+    assert sgs.encode_batch_size == max(2, min(16, int(2 * (s + w) // w)))
+    assert sgs.encode_batch_size > 2  # this encoder saves far more than it needs transiently
+    enc.calls.clear()
+    sgs.encode(snippets)
+    assert max(enc.calls) == sgs.encode_batch_size
 
 
 class SlowSource:

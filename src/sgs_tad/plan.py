@@ -65,6 +65,7 @@ from .microbatch import num_sampled
 
 __all__ = [
     "METHODS",
+    "LiveBytesMeter",
     "Method",
     "Prediction",
     "Recommendation",
@@ -269,7 +270,7 @@ class SavedBytesMeter:
         self._hooks = None
 
 
-class _LiveBytes(TorchDispatchMode):
+class LiveBytesMeter(TorchDispatchMode):
     """Peak bytes of the storages that ops allocate while the mode is active.
 
     A storage counts from the op that first returns it until every tensor seen on it is
@@ -518,7 +519,7 @@ def measure_snippet_cost(
         del out
 
         # 2. No-grad forward under the allocation tracker: the transient peak.
-        with torch.no_grad(), _LiveBytes(exclude=[*state, x]) as live:
+        with torch.no_grad(), LiveBytesMeter(exclude=[*state, x]) as live:
             _features(encoder, x, pool)
         nograd_peak = float(live.peak)
 

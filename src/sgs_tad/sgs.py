@@ -186,13 +186,17 @@ class SequentializedGradientSampler:
             encoder activations may take: needed by ``micro_batch_size="auto"``, and with it
             ``encode_batch_size="auto"`` also sizes the no-grad phase-1 calls to the budget.
         encode_batch_size: Snippets per phase-1 call for the snippets phase 3 never re-runs:
-            an int, ``"auto"`` (default: ``8 * K``, or with ``memory_budget`` the largest call
-            whose measured no-grad workspace fits it) or ``None`` (= K, the behaviour of the
-            paper's code). A forward without a graph keeps no activations, so it can run many
-            more snippets per call than K, which keeps a CPU or GPU busy. Sampled snippets
-            always run in micro-batches of exactly K in phase 1 too, so their dropout masks
-            replay exactly whatever this is (no fallback is ever needed: the replayed
-            micro-batches are the very phase-1 calls).
+            an int, ``"auto"`` (default) or ``None`` (= K, the behaviour of the paper's code).
+            ``"auto"`` runs the first batch at K while measuring, at no extra cost, the bytes
+            one snippet saves for backward (s, in phase 3) and the transient bytes of a no-grad
+            forward (w, in phase 1); from then on phase-1 calls hold as many snippets as keep
+            their memory within one phase-3 micro-batch's, ``K (s + w) / w``, at most ``8 K``
+            (:attr:`phase1_choice` records it). With ``memory_budget`` it is the largest call
+            whose measured workspace fits the budget. A forward without a graph keeps no
+            activations, so it can run many more snippets per call than K, which keeps a CPU
+            or GPU busy. Sampled snippets run in micro-batches of exactly K in phase 1 too
+            when the encoder draws random numbers, so their dropout masks replay exactly
+            whatever this is (the replayed micro-batches are the very phase-1 calls).
         keep_graphs: Budget for keeping, in phase 1, the autograd graphs of the sampled
             micro-batches, so that phase 3 back-propagates through them without re-running the
             encoder (feature-independent samplers only: the sample must be known before
@@ -327,6 +331,8 @@ class SequentializedGradientSampler:
         self.micro_batch_size: int = 0 if self._auto_k else int(micro_batch_size)
         self.encode_batch_size: int = 0
         self.auto_choice: dict[str, Any] | None = None
+        self.phase1_choice: dict[str, Any] | None = None
+        self._sizing: dict[str, float | None] | None = None
         if not self._auto_k:
             self._set_encode_batch_size(None)
         self.keep_graphs = _parse_keep_budget(keep_graphs)
@@ -380,7 +386,40 @@ class SequentializedGradientSampler:
             fits = int(self.memory_budget // max(nograd_bytes_per_snippet, 1.0))
             self.encode_batch_size = max(k, min(fits, AUTO_ENCODE_LIMIT))
         else:
-            self.encode_batch_size = AUTO_ENCODE_FACTOR * k
+            # Measured on the first batch at no extra cost (see _measure_phase1_size): until
+            # then phase 1 runs at K, which is always safe.
+            self.encode_batch_size = k
+            self._sizing = {"saved": None, "workspace": None}
+
+    def _maybe_choose_phase1_size(self) -> None:
+        """``encode_batch_size="auto"`` without a budget, once both costs are measured.
+
+        The phase-1 calls get as many snippets as keep their transient (no-grad) memory within
+        that of one phase-3 micro-batch, K (s + w), at most 8 K: the peak stays that of K
+        snippets while the calls grow.
+        """
+        sizing = self._sizing
+        if sizing is None or sizing["workspace"] is None:
+            return
+        k, w = self.micro_batch_size, max(float(sizing["workspace"]), 1.0)
+        if sizing["saved"] is None:
+            if self.ratio > 0:
+                return  # wait for phase 3's measurement
+            fits = AUTO_ENCODE_FACTOR * k  # frozen: no phase 3 to stay below
+        else:
+            fits = int(k * (float(sizing["saved"]) + w) // w)
+        self.encode_batch_size = max(k, min(fits, AUTO_ENCODE_FACTOR * k))
+        self.phase1_choice = {
+            "encode_batch_size": self.encode_batch_size,
+            "saved_bytes_per_snippet": sizing["saved"],
+            "workspace_bytes_per_snippet": sizing["workspace"],
+        }
+        self._sizing = None
+        logger.info(
+            "encode_batch_size='auto': phase-1 calls of %d snippets (K = %d; measured %s saved"
+            " + %s workspace per snippet)", self.encode_batch_size, k,
+            sizing["saved"], sizing["workspace"],
+        )  # fmt: skip
 
     def _resolve_auto(self, sources: Sequence[SnippetSource]) -> None:
         """Choose K (and the phase-1 size) from the memory budget with a one-off probe."""
@@ -610,13 +649,18 @@ class SequentializedGradientSampler:
                 keeping = keeping and self._keep(batch, kept_snippets, kept_bytes, per_snippet)
                 if keeping:
                     counter = None
-                    if self.keep_graphs.bytes is not None:
+                    sizing = self._sizing
+                    if self.keep_graphs.bytes is not None or (
+                        sizing is not None and sizing["saved"] is None
+                    ):
                         from .plan import SavedBytesMeter
 
                         counter = SavedBytesMeter(exclude=self._state_tensors())
                     with torch.enable_grad(), counter or nullcontext():
                         out = self._run(batch, x)
                     size = counter.live if counter is not None else 0
+                    if sizing is not None and sizing["saved"] is None:
+                        sizing["saved"] = size / len(batch)
                     budget = self.keep_graphs.bytes
                     if budget is not None and kept_bytes + size > budget:
                         keeping = False  # measured over budget: recomputed in phase 3 instead
@@ -633,8 +677,16 @@ class SequentializedGradientSampler:
                     if j < sampled:
                         state = capture_replay_state(self.device) if capture else None
                         rng_states.append(state)
-                    with torch.no_grad():
-                        out = self._run(batch, x)
+                    sizing = self._sizing
+                    if sizing is not None and sizing["workspace"] is None:
+                        from .plan import LiveBytesMeter
+
+                        with torch.no_grad(), LiveBytesMeter([*self._state_tensors(), x]) as m:
+                            out = self._run(batch, x)
+                        sizing["workspace"] = m.peak / len(batch)
+                    else:
+                        with torch.no_grad():
+                            out = self._run(batch, x)
                 if feats is None:
                     autocast = _autocast_state(out.device.type)
                     feats = out.new_zeros(len(lengths), max(lengths), out.shape[1])
@@ -764,6 +816,8 @@ class SequentializedGradientSampler:
         mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool, device=feats.device)
         for v, n in enumerate(lengths):
             mask[v, :n] = True
+        if self.ratio == 0:
+            self._maybe_choose_phase1_size()
         self._records[feats] = _EncodeRecord(lengths=lengths, mask=mask, plan=plan, picks=picks,
                                              rng_states=rng_states, autocast=autocast,
                                              kept=kept)  # fmt: skip
@@ -846,8 +900,18 @@ class SequentializedGradientSampler:
         with phase.recomputing():
             todo = self._gathered(batches[n_kept:], sources)
             for (batch, x), state in zip(todo, states[n_kept:]):
+                sizing = self._sizing
+                measure = sizing is not None and sizing["saved"] is None
                 with replay_rng_state(state), torch.autocast(**record.autocast):
-                    out = self._run(batch, x)
+                    if measure:
+                        from .plan import SavedBytesMeter
+
+                        with SavedBytesMeter(exclude=self._state_tensors()) as meter:
+                            out = self._run(batch, x)
+                        assert sizing is not None
+                        sizing["saved"] = meter.peak / len(batch)
+                    else:
+                        out = self._run(batch, x)
                 videos = batch.videos.to(grad.device)
                 positions = batch.positions.to(grad.device)
                 if self.determinism_check:
@@ -857,6 +921,7 @@ class SequentializedGradientSampler:
                 self.stats.recompute_calls += 1
                 self.stats.snippets_recomputed += len(batch)
                 self.stats.snippets_sampled += len(batch)
+        self._maybe_choose_phase1_size()
 
     @staticmethod
     def _check_same(recomputed: torch.Tensor, original: torch.Tensor) -> None:
