@@ -35,6 +35,7 @@ from etad import ETADConfig
 from etad.detections import to_detections
 from etad.detector import CLASS_HEADS, FEATURE_NORMS, Detector
 from etad.plots import plot_predictions
+from pretrain_encoder import PretrainConfig, default_checkpoint, pretrain_encoder
 from sgs_tad import EndToEnd, Engine, SequentializedGradientSampler, SGSTrainer, StepInfo
 from sgs_tad.callbacks import Callback
 from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
@@ -47,6 +48,10 @@ from sgs_tad.optimization import adamw, step_decay, warmup_cosine
 from sgs_tad.sources import NonFiniteSnippetsError
 
 log = logging.getLogger("etad_anet")
+
+#: ``--pretrained`` when not given: "none" trains small3d from scratch, "auto" pretrains it on
+#: the synthetic clip set first (examples/pretrain_encoder.py, cached) and fine-tunes it.
+PRETRAINED_DEFAULT = "none"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,6 +89,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     model.add_argument("--encoder", default="small3d", choices=sorted(ENCODERS))
     model.add_argument("--weights", type=Path, default=None, help="local encoder checkpoint")
     model.add_argument(
+        "--pretrained",
+        default=PRETRAINED_DEFAULT,
+        metavar="{auto,none,PATH}",
+        help="encoder initialisation: 'auto' pretrains small3d as a clip classifier on the "
+        "synthetic clip set (examples/pretrain_encoder.py; cached in data/pretrain/) and loads "
+        "it as --weights would; 'none' starts from scratch; a PATH is --weights PATH "
+        f"(default {PRETRAINED_DEFAULT!r}). With --features, extract them with the same "
+        "encoder: python -m sgs_tad.extract --encoder small3d --weights data/pretrain/small3d.pt",
+    )
+    model.add_argument(
         "--feature-norm",
         choices=FEATURE_NORMS,
         default="running",
@@ -100,7 +115,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--frozen-stages",
         type=int,
         default=None,
-        help="encoder stages frozen (default: 2 for tsm/r2plus1d, -1 small3d)",
+        help="encoder stages frozen (default: 2 for tsm/r2plus1d, as the paper; small3d: "
+        "-1 from scratch, 1 pretrained, the stem and the first of its three stages)",
     )
     sgs = p.add_argument_group("SGS and APS")
     sgs.add_argument("--ratio", type=float, default=0.3, help="γ, snippet gradient ratio")
@@ -116,6 +132,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=lambda v: int(v) if v.isdigit() else v,
         default=0,
         help="keep phase-1 graphs of sampled snippets: 0, a snippet count, 'all' or e.g. 1GB",
+    )
+    sgs.add_argument(
+        "--decode-cache-mb",
+        type=float,
+        default=256.0,
+        help="decode a video once per batch when its snippets fit in this many MB (0: off)",
     )
     sgs.add_argument(
         "--prefetch",
@@ -138,7 +160,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--encoder-lr",
         type=float,
         default=None,
-        help="default 2e-4 for the from-scratch small3d, 1e-6 for pretrained",
+        help="default 2e-4 for the from-scratch small3d; pretrained: --detector-lr / 1000 "
+        "(the paper's ratio, 1e-6 against 1e-3)",
     )
     train.add_argument("--detector-lr", type=float, default=2e-3)
     train.add_argument(
@@ -177,6 +200,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--features needs --annotations (the annotation JSON of those videos)")
     if args.naive and args.features is not None:
         p.error("--naive trains the encoder; it makes no sense with --features")
+    if args.pretrained not in ("auto", "none"):
+        if args.weights is not None and Path(args.pretrained) != args.weights:
+            p.error(
+                f"--pretrained {args.pretrained} and --weights {args.weights} name two "
+                "checkpoints; pass one of them"
+            )
+        if not Path(args.pretrained).is_file():
+            p.error(
+                f"--pretrained {args.pretrained}: no such file; pass 'auto', 'none' or the "
+                "path of an encoder checkpoint (python examples/pretrain_encoder.py writes one)"
+            )
     for flag in ("batch_size", "epochs", "num_videos", "micro_batch_size", "num_snippets",
                  "snippet_length", "size"):  # fmt: skip
         if getattr(args, flag) < 1:
@@ -198,18 +232,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return resolve_defaults(args)
 
 
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    """The ``examples/pretrain_encoder.py`` recipe of ``--pretrained auto`` for these snippets."""
+    return PretrainConfig(encoder=args.encoder, snippet_length=args.snippet_length,
+                          size=args.size)  # fmt: skip
+
+
+def pretrains(args: argparse.Namespace) -> bool:
+    """Whether the run pretrains (or reuses) the small3d clip classifier before training."""
+    return (
+        args.pretrained == "auto"
+        and args.encoder == "small3d"
+        and args.features is None
+        and args.weights_from_pretrained
+    )
+
+
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """The defaults that depend on other options, decided here and nowhere else.
 
-    A from-scratch ``small3d`` (no ``--weights``) trains every stage at a high rate after a
-    one-epoch hold; a pretrained encoder keeps its first two stages frozen (the paper's
-    setting) and fine-tunes at the paper's small rate, without a hold.
+    ``--pretrained auto`` (small3d, video mode, no ``--weights``) sets ``--weights`` to the
+    cached clip-classifier checkpoint, ``--pretrained PATH`` to ``PATH``. A from-scratch
+    ``small3d`` (no ``--weights``) trains every stage at a high rate after a one-epoch hold; a
+    pretrained encoder keeps its first stages frozen (the paper fixes two of TSM's four; one of
+    small3d's three) and fine-tunes at the paper's ratio of encoder to detector learning rate
+    (1e-6 / 1e-3), without a hold.
     """
+    args.weights_from_pretrained = False
+    if args.weights is None and args.features is None:
+        if args.pretrained == "auto" and args.encoder == "small3d":
+            args.weights = default_checkpoint(pretrain_config(args))
+            args.weights_from_pretrained = True
+        elif args.pretrained not in ("auto", "none"):
+            args.weights = Path(args.pretrained)
     scratch = args.encoder == "small3d" and args.weights is None
     if args.frozen_stages is None:
-        args.frozen_stages = -1 if args.encoder == "small3d" else 2
+        if args.encoder == "small3d":
+            args.frozen_stages = -1 if scratch else 1
+        else:
+            args.frozen_stages = 2
     if args.encoder_lr is None:
-        args.encoder_lr = 2e-4 if scratch else 1e-6
+        args.encoder_lr = 2e-4 if scratch else args.detector_lr / 1000
     if args.encoder_delay is None and args.schedule == "cosine":
         args.encoder_delay = 1.0 if scratch else 0.0
     return args
@@ -265,12 +328,18 @@ def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
                 args.data_root, num_videos=args.num_videos, seed=args.data_seed
             )
         barrier("waiting for rank 0 to generate the synthetic data set")
+    if pretrains(args):
+        if rank == 0:
+            log.info("pretrained encoder: %s", args.weights)
+            pretrain_encoder(pretrain_config(args), args.weights)
+        barrier("waiting for rank 0 to pretrain the encoder")
     return data_paths(args)
 
 
 def dataset_options(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     return dict(mode=mode, num_snippets=args.num_snippets, snippet_length=args.snippet_length,
-                size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
+                size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3,
+                decode_cache_bytes=int(getattr(args, "decode_cache_mb", 256) * 2**20))  # fmt: skip
 
 
 def build_models(args: argparse.Namespace, in_channels: int | None, num_classes: int):
@@ -360,7 +429,8 @@ RESUME_SETTINGS = ("seed", "data_seed", "num_videos", "num_snippets", "snippet_l
                    "encoder", "weights", "epochs", "batch_size", "ratio", "micro_batch_size",
                    "snippet_sampler", "proposal_sampler", "aps_ratio", "naive", "encoder_lr",
                    "detector_lr", "schedule", "encoder_delay", "frozen_stages", "class_head",
-                   "feature_norm", "annotations", "features", "data_root")  # fmt: skip
+                   "feature_norm", "annotations", "features", "data_root",
+                   "pretrained")  # fmt: skip
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -520,6 +590,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if "other settings" in str(err):  # a resume that would silently change the run
             fail(str(err))
         raise
+    except FloatingPointError as err:  # a run that stopped learning: say it in one line
+        fail(f"training stopped at step {trainer.step}: {err} The last checkpoint is in "
+             f"{checkpoints}.")  # fmt: skip
     train_time = time.perf_counter() - t_train
     train_cpu_time = time.process_time() - cpu_train  # all threads: robust to a busy machine
     summary: dict[str, Any] = {}

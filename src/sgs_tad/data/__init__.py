@@ -1,4 +1,4 @@
-"""Data: ActivityNet-format annotations, lazy video snippet sources, and a synthetic data set.
+"""Data: ActivityNet-format annotations, lazy video snippet sources, and synthetic data sets.
 
 PyAV and Pillow (``pip install 'sgs_tad[video]'``) are needed to read or generate videos and
 frame folders; annotations and ``.npy`` features need neither.
@@ -7,10 +7,18 @@ frame folders; annotations and ``.npy`` features need neither.
 from .annotations import AnnotationSet, VideoAnnotation, load_annotations, parse_annotations
 from .dataset import ActivityNetDataset, VideoBatch, VideoSample, collate_samples
 from .snippets import CropBox, MediaSnippetSource, SliceSource, draw_crop, snippet_frame_indices
-from .synthetic import SYNTHETIC_CLASSES, generate_synthetic_dataset, synthetic_video_dir
+from .synthetic import (
+    CLIP_CLASSES,
+    SYNTHETIC_CLASSES,
+    generate_synthetic_clips,
+    generate_synthetic_dataset,
+    read_synthetic_clips,
+    synthetic_video_dir,
+)
 from .windows import WindowedDataset, sliding_windows, window_sample
 
 __all__ = [
+    "CLIP_CLASSES",
     "SYNTHETIC_CLASSES",
     "ActivityNetDataset",
     "AnnotationSet",
@@ -23,9 +31,11 @@ __all__ = [
     "WindowedDataset",
     "collate_samples",
     "draw_crop",
+    "generate_synthetic_clips",
     "generate_synthetic_dataset",
     "load_annotations",
     "parse_annotations",
+    "read_synthetic_clips",
     "sliding_windows",
     "snippet_frame_indices",
     "synthetic_video_dir",

@@ -59,9 +59,14 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "CLIP_CLASSES",
     "SYNTHETIC_CLASSES",
+    "SyntheticClipConfig",
     "SyntheticConfig",
+    "generate_synthetic_clips",
     "generate_synthetic_dataset",
+    "read_synthetic_clips",
+    "render_clip",
     "render_video",
     "synthetic_video_dir",
 ]
@@ -71,11 +76,29 @@ logger = logging.getLogger(__name__)
 #: Class names in order; ``num_classes=k`` uses the first k.
 SYNTHETIC_CLASSES: tuple[str, ...] = ("swing_h", "swing_v", "orbit", "pulse", "hop", "orbit_ccw")
 
+#: Classes of the trimmed-clip set (:func:`generate_synthetic_clips`), the pretraining task:
+#: motions related to the detection classes but none of them (diagonal instead of horizontal or
+#: vertical swings, flat ellipses instead of circles, shrinking instead of growing, dips instead
+#: of hops), plus a clip where the actor only drifts.
+CLIP_CLASSES: tuple[str, ...] = (
+    "swing_diag",
+    "swing_antidiag",
+    "ellipse",
+    "ellipse_ccw",
+    "throb",
+    "dip",
+    "still",
+)
+
 #: Bumped whenever the rendering changes, so cached sets are regenerated.
 GENERATOR_VERSION = 3
+#: The same for the trimmed-clip set.
+CLIP_GENERATOR_VERSION = 1
 
 _ANNOTATION_FILE = "annotations.json"
 _VIDEO_DIR = "videos"
+_CLIP_FILE = "clips.json"
+_CLIP_DIR = "clips"
 _MIN_GAP_FRAMES = 4
 
 
@@ -334,6 +357,149 @@ def _segments(rng: np.random.Generator, num_frames: int, fps: int) -> list[tuple
     return out
 
 
+def _gratings(
+    rng: np.random.Generator, num_frames: int, size: int, yy: np.ndarray, xx: np.ndarray
+) -> np.ndarray:
+    """The detection set's background: three coloured gratings panning together (a camera pan).
+
+    Returns:
+        ``float64 [F, size, size, 3]`` frames in ``[0, 1]``-ish intensities.
+    """
+    s = float(size)
+    t = np.arange(num_frames, dtype=np.float64)
+    pan = rng.uniform(-0.25, 0.25, size=2) * (size / 48)
+    base = rng.uniform(0.25, 0.4) + rng.uniform(-0.05, 0.05, size=3)
+    frames = np.broadcast_to(base, (num_frames, size, size, 3)).copy()
+    for _ in range(3):
+        wavelength = rng.uniform(0.15, 0.4) * s
+        angle = rng.uniform(0, np.pi)
+        f = np.array([np.cos(angle), np.sin(angle)]) * 2 * np.pi / wavelength
+        phase = (
+            f[0] * xx[None] + f[1] * yy[None] - (f @ pan) * t[:, None, None] + rng.uniform(0, 6.3)
+        )
+        gain = rng.uniform(0.01, 0.04, size=3)
+        frames += np.sin(phase)[..., None] * gain
+    return frames
+
+
+def _blobs(
+    rng: np.random.Generator, num_frames: int, size: int, yy: np.ndarray, xx: np.ndarray
+) -> np.ndarray:
+    """The clip set's background: soft coloured blobs on a bluish base, drifting together.
+
+    Another texture and palette than :func:`_gratings`, so that a model pretrained on clips
+    meets new backgrounds in the detection set (as Kinetics-pretrained encoders meet
+    ActivityNet).
+    """
+    s = float(size)
+    t = np.arange(num_frames, dtype=np.float64)
+    pan = rng.uniform(-0.3, 0.3, size=2) * (size / 48)
+    base = np.array([0.12, 0.16, 0.3]) + rng.uniform(-0.04, 0.04, size=3)
+    frames = np.broadcast_to(base, (num_frames, size, size, 3)).copy()
+    for _ in range(4):
+        cx = rng.uniform(0, s) + pan[0] * t
+        cy = rng.uniform(0, s) + pan[1] * t
+        width = rng.uniform(0.1, 0.25) * s
+        gain = rng.uniform(-0.1, 0.12, size=3)
+        d2 = (xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2
+        frames += np.exp(-d2 / (2 * width**2))[..., None] * gain
+    return frames
+
+
+def _bouncing_track(
+    rng: np.random.Generator, num_frames: int, size: int, r0: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A distractor's centre: constant velocity, bouncing off the borders, ``(x, y)`` per frame."""
+    s = float(size)
+    t = np.arange(num_frames, dtype=np.float64)
+    speed = rng.uniform(0.2, 0.5) * (size / 48)
+    heading = rng.uniform(0, 2 * np.pi)
+    dx = _reflect(rng.uniform(r0, s - r0) + speed * np.cos(heading) * t, r0, s - r0)
+    dy = _reflect(rng.uniform(r0, s - r0) + speed * np.sin(heading) * t, r0, s - r0)
+    return dx, dy
+
+
+def _rest_track(
+    rng: np.random.Generator, num_frames: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's rest position: a slow drift in the middle of the frame, ``(x, y)``."""
+    s = float(size)
+    t = np.arange(num_frames, dtype=np.float64)
+    lo, hi = 0.3 * s, 0.7 * s
+    drift = rng.uniform(0.02, 0.08, size=2) * rng.choice([-1, 1], size=2) * (size / 48)
+    ax = _reflect(rng.uniform(lo, hi) + drift[0] * t, lo, hi)
+    # Rest lower in the frame: the orbit and the hop go up from the rest position.
+    ay = _reflect(rng.uniform(lo + 0.05 * s, hi) + drift[1] * t, lo + 0.05 * s, hi)
+    return ax, ay
+
+
+def _pattern(
+    name: str, tau: np.ndarray, period: float, amp: float, env: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets ``(dx, dy)`` of the actor and its radius factor while it performs ``name``.
+
+    Args:
+        name: A class of :data:`SYNTHETIC_CLASSES` or :data:`CLIP_CLASSES`.
+        tau: Frame times since the pattern's start (any phase).
+        period: Period of the pattern, frames.
+        amp: Amplitude, pixels.
+        env: Envelope in ``[0, 1]`` per frame (ramps at the boundaries).
+
+    Returns:
+        ``(dx, dy, radius_factor)``, each ``[len(tau)]``; the offsets are already multiplied by
+        ``env``.
+    """
+    w = 2 * np.pi * tau / period
+    zero = np.zeros_like(tau)
+    ox, oy, scale = zero, zero, np.ones_like(tau)
+    if name == "swing_h":
+        ox = amp * np.sin(w)
+    elif name == "swing_v":
+        oy = amp * np.sin(w)
+    elif name in ("orbit", "orbit_ccw"):
+        sign = 1.0 if name == "orbit" else -1.0
+        # A circle through the rest position (its centre is above it).
+        ox, oy = 0.7 * amp * sign * np.sin(w), 0.7 * amp * (np.cos(w) - 1)
+    elif name == "pulse":
+        scale = 1 + 0.7 * env * np.sin(w / 2) ** 2
+    elif name == "hop":
+        oy = -amp * np.abs(np.sin(w / 2))
+    elif name in ("swing_diag", "swing_antidiag"):
+        sign = 1.0 if name == "swing_diag" else -1.0
+        ox, oy = 0.7 * amp * np.sin(w), -sign * 0.7 * amp * np.sin(w)
+    elif name in ("ellipse", "ellipse_ccw"):
+        sign = 1.0 if name == "ellipse" else -1.0
+        # Wide and flat, centred on the rest position.
+        ox, oy = amp * sign * np.sin(w), 0.4 * amp * np.cos(w)
+    elif name == "throb":
+        # Shrinks (where "pulse" grows), twice as often.
+        scale = 1 - 0.45 * env * np.sin(w) ** 2
+    elif name == "dip":
+        oy = 0.7 * amp * np.abs(np.sin(w / 2))
+    elif name != "still":
+        raise ValueError(
+            f"unknown motion pattern {name!r}; known: {SYNTHETIC_CLASSES + CLIP_CLASSES}."
+        )
+    return env * ox, env * oy, scale
+
+
+def _composite(
+    frames: np.ndarray,
+    discs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    colour: np.ndarray,
+    yy: np.ndarray,
+    xx: np.ndarray,
+) -> np.ndarray:
+    """Draw anti-aliased discs ``(x, y, radius)`` per frame over ``frames``; ``uint8`` out."""
+    for cx, cy, rad in discs:
+        ddx = np.abs(xx[None] - cx[:, None, None])
+        ddy = np.abs(yy[None] - cy[:, None, None])
+        dist = np.sqrt(ddx**2 + ddy**2)
+        alpha = np.clip(rad[:, None, None] + 0.5 - dist, 0.0, 1.0)[..., None]
+        frames = frames * (1 - alpha) + colour * alpha
+    return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def render_video(
     rng: np.random.Generator,
     *,
@@ -353,40 +519,16 @@ def render_video(
     """
     s = float(size)
     num_frames = round(rng.uniform(min_duration, max_duration) * fps)
-    t = np.arange(num_frames, dtype=np.float64)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-
-    # Background: three coloured gratings panning together (a moving camera).
-    pan = rng.uniform(-0.25, 0.25, size=2) * (size / 48)
-    base = rng.uniform(0.25, 0.4) + rng.uniform(-0.05, 0.05, size=3)
-    frames = np.broadcast_to(base, (num_frames, size, size, 3)).copy()
-    for _ in range(3):
-        wavelength = rng.uniform(0.15, 0.4) * s
-        angle = rng.uniform(0, np.pi)
-        f = np.array([np.cos(angle), np.sin(angle)]) * 2 * np.pi / wavelength
-        phase = (
-            f[0] * xx[None] + f[1] * yy[None] - (f @ pan) * t[:, None, None] + rng.uniform(0, 6.3)
-        )
-        gain = rng.uniform(0.01, 0.04, size=3)
-        frames += np.sin(phase)[..., None] * gain
+    frames = _gratings(rng, num_frames, size, yy, xx)
 
     # One bright shape for every video and class, on a dull background: the shapes are easy to
     # see, and neither appearance nor the look-alike distractor tells the class.
     colour = np.array([1.0, 0.9, 0.2])
     r0 = rng.uniform(0.12, 0.15) * s
-
-    # Distractor: constant velocity, bouncing off the borders, for the whole video.
-    speed = rng.uniform(0.2, 0.5) * (size / 48)
-    heading = rng.uniform(0, 2 * np.pi)
-    dx = _reflect(rng.uniform(r0, s - r0) + speed * np.cos(heading) * t, r0, s - r0)
-    dy = _reflect(rng.uniform(r0, s - r0) + speed * np.sin(heading) * t, r0, s - r0)
-
+    dx, dy = _bouncing_track(rng, num_frames, size, r0)
     # Actor: a slowly drifting rest position plus the class pattern during instances.
-    lo, hi = 0.3 * s, 0.7 * s
-    drift = rng.uniform(0.02, 0.08, size=2) * rng.choice([-1, 1], size=2) * (size / 48)
-    ax = _reflect(rng.uniform(lo, hi) + drift[0] * t, lo, hi)
-    # Rest lower in the frame: the orbit and the hop go up from the rest position.
-    ay = _reflect(rng.uniform(lo + 0.05 * s, hi) + drift[1] * t, lo + 0.05 * s, hi)
+    ax, ay = _rest_track(rng, num_frames, size)
     radius = np.full(num_frames, r0)
     instances: list[tuple[int, int, int]] = []
     for start, end in _segments(rng, num_frames, fps):
@@ -397,28 +539,230 @@ def render_video(
         amp = rng.uniform(0.16, 0.21) * s
         # Ramp in/out over 2 frames so the shape does not jump at the boundaries.
         env = np.clip(np.minimum(tau + 1, end - start - tau) / 2.0, 0, 1)
-        w = 2 * np.pi * tau / period
-        ox = oy = np.zeros_like(tau)
-        if SYNTHETIC_CLASSES[c] == "swing_h":
-            ox = amp * np.sin(w)
-        elif SYNTHETIC_CLASSES[c] == "swing_v":
-            oy = amp * np.sin(w)
-        elif SYNTHETIC_CLASSES[c] in ("orbit", "orbit_ccw"):
-            sign = 1.0 if SYNTHETIC_CLASSES[c] == "orbit" else -1.0
-            # A circle through the rest position (its centre is above it).
-            ox, oy = 0.7 * amp * sign * np.sin(w), 0.7 * amp * (np.cos(w) - 1)
-        elif SYNTHETIC_CLASSES[c] == "pulse":
-            radius[start:end] = r0 * (1 + 0.7 * env * np.sin(w / 2) ** 2)
-        elif SYNTHETIC_CLASSES[c] == "hop":
-            oy = -amp * np.abs(np.sin(w / 2))
-        ax[start:end] += env * ox
-        ay[start:end] += env * oy
+        ox, oy, scale = _pattern(SYNTHETIC_CLASSES[c], tau, period, amp, env)
+        ax[start:end] += ox
+        ay[start:end] += oy
+        radius[start:end] *= scale
+    discs = [(dx, dy, np.full(num_frames, r0)), (ax, ay, radius)]
+    return _composite(frames, discs, colour, yy, xx), instances
 
-    for cx, cy, rad in ((dx, dy, np.full(num_frames, r0)), (ax, ay, radius)):
-        ddx = np.abs(xx[None] - cx[:, None, None])
-        ddy = np.abs(yy[None] - cy[:, None, None])
-        dist = np.sqrt(ddx**2 + ddy**2)
-        alpha = np.clip(rad[:, None, None] + 0.5 - dist, 0.0, 1.0)[..., None]
-        frames = frames * (1 - alpha) + colour * alpha
-    out = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return out, instances
+
+# ------------------------------------------------------------------------ trimmed clips
+
+
+@dataclass(frozen=True)
+class SyntheticClipConfig:
+    """Everything that determines the trimmed-clip set (its fingerprint is stored in the JSON)."""
+
+    num_clips: int = 1400
+    seed: int = 0
+    num_classes: int = len(CLIP_CLASSES)
+    size: int = 48
+    fps: int = 16
+    num_frames: int = 16
+    val_fraction: float = 0.1
+    codec: str | None = None
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"version": CLIP_GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def render_clip(rng: np.random.Generator, *, label: int, size: int, num_frames: int) -> np.ndarray:
+    """Render one trimmed clip of :data:`CLIP_CLASSES` ``[label]`` with numpy.
+
+    The drawing code is the detection set's (:func:`render_video`): an actor disc, a
+    look-alike distractor bouncing around, a panning background. What differs is the look (a
+    cyan shape, blob backgrounds in another palette) and the motions (:data:`CLIP_CLASSES`),
+    which fill the whole clip, starting at a random phase.
+
+    Returns:
+        ``uint8`` frames ``[num_frames, size, size, 3]``.
+    """
+    s = float(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    frames = _blobs(rng, num_frames, size, yy, xx)
+    colour = np.array([0.25, 0.95, 1.0])
+    r0 = rng.uniform(0.1, 0.16) * s
+    dx, dy = _bouncing_track(rng, num_frames, size, r0)
+    ax, ay = _rest_track(rng, num_frames, size)
+    period = rng.uniform(6, 11)
+    amp = rng.uniform(0.16, 0.21) * s
+    tau = rng.uniform(0, period) + np.arange(num_frames, dtype=np.float64)
+    ox, oy, scale = _pattern(CLIP_CLASSES[label], tau, period, amp, np.ones(num_frames))
+    discs = [(dx, dy, np.full(num_frames, r0)), (ax + ox, ay + oy, r0 * scale)]
+    return _composite(frames, discs, colour, yy, xx)
+
+
+def generate_synthetic_clips(
+    root: str | Path,
+    *,
+    num_clips: int = 1400,
+    seed: int = 0,
+    num_classes: int = len(CLIP_CLASSES),
+    size: int = 48,
+    fps: int = 16,
+    num_frames: int = 16,
+    val_fraction: float = 0.1,
+    codec: str | None = None,
+) -> Path:
+    """Write (or reuse) a synthetic trimmed-clip action recognition set under ``root``.
+
+    The pretraining task of ``examples/pretrain_encoder.py``, as Kinetics is for the paper's
+    encoders: every clip is one action from start to end (no untrimmed timing), of the classes
+    :data:`CLIP_CLASSES`, with another look and other backgrounds than the detection set of
+    :func:`generate_synthetic_dataset`. Clip ``i`` has class ``i % num_classes`` (the classes
+    are balanced) and is drawn from ``numpy.random.default_rng([seed, i])``; the validation
+    clips are spread evenly over the ids as in the detection set.
+
+    Files written under ``root``::
+
+        root/clips.json           # {"classes": [...], "database": {id: {"label", "subset",
+                                  #   "num_frames", "fps"}}, "sgs_tad_synthetic_clips": {...}}
+        root/clips/c_<id>.mp4     # encoded as the detection set's videos
+
+    Args:
+        root: Output folder (created if needed).
+        num_clips: Number of clips (>= ``num_classes``).
+        seed: Seed of all random draws; the same seed gives identical files.
+        num_classes: Number of classes, 1 to ``len(CLIP_CLASSES)`` (7).
+        size: Frame height and width in pixels (even, >= 16).
+        fps: Frame rate written into the files.
+        num_frames: Frames per clip (>= 4).
+        val_fraction: Fraction of clips in the ``"validation"`` subset.
+        codec: PyAV encoder name, as in :func:`generate_synthetic_dataset`.
+
+    Returns:
+        The path of ``clips.json``.
+
+    Example:
+        >>> import tempfile
+        >>> path = generate_synthetic_clips(tempfile.mkdtemp(), num_clips=7, size=16)
+        >>> frames, labels, subsets, classes = read_synthetic_clips(path)
+        >>> frames.shape, labels.tolist(), classes[:2]
+        ((7, 16, 16, 16, 3), [0, 1, 2, 3, 4, 5, 6], ['swing_diag', 'swing_antidiag'])
+    """
+    cfg = SyntheticClipConfig(
+        num_clips=num_clips,
+        seed=seed,
+        num_classes=num_classes,
+        size=size,
+        fps=fps,
+        num_frames=num_frames,
+        val_fraction=val_fraction,
+        codec=codec,
+    )
+    _check_clip_config(cfg)
+    root = Path(root)
+    ann_path = root / _CLIP_FILE
+    clip_dir = root / _CLIP_DIR
+    if _clips_cached(ann_path, cfg):
+        logger.info("reusing synthetic clip set at %s", ann_path)
+        return ann_path
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    codec_name = _pick_codec(codec)
+    classes = CLIP_CLASSES[:num_classes]
+    database: dict[str, Any] = {}
+    for i in range(num_clips):
+        rng = np.random.default_rng([seed, i])
+        label = i % num_classes
+        is_val = int((i + 1) * val_fraction) > int(i * val_fraction)
+        frames = render_clip(rng, label=label, size=size, num_frames=num_frames)
+        clip_id = f"clip_{i:05d}"
+        _encode(clip_dir / f"c_{clip_id}.mp4", frames, fps=fps, codec=codec_name)
+        database[clip_id] = {
+            "subset": "validation" if is_val else "training",
+            "label": classes[label],
+            "num_frames": num_frames,
+            "fps": fps,
+        }
+    data = {
+        "version": f"sgs_tad synthetic clips v{CLIP_GENERATOR_VERSION}",
+        "classes": list(classes),
+        "database": database,
+        "sgs_tad_synthetic_clips": {
+            "fingerprint": cfg.fingerprint(),
+            "config": asdict(cfg),
+            "codec": codec_name,
+            "clip_dir": _CLIP_DIR,
+        },
+    }
+    tmp = ann_path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, ann_path)
+    return ann_path
+
+
+def read_synthetic_clips(
+    path: str | Path,
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Decode every clip of a set written by :func:`generate_synthetic_clips`.
+
+    Args:
+        path: Its ``clips.json``.
+
+    Returns:
+        ``(frames, labels, subsets, classes)``: ``uint8 [N, F, H, W, 3]``, ``int64 [N]`` class
+        indices into ``classes``, and each clip's subset, in clip-id order.
+    """
+    from sgs_tad.data.video import decode_video_frames
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no clip set at {path}; write one with "
+            "sgs_tad.data.synthetic.generate_synthetic_clips(root), which creates root/clips.json"
+        )
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    classes = list(data["classes"])
+    clip_dir = path.parent / data["sgs_tad_synthetic_clips"]["clip_dir"]
+    ids = sorted(data["database"])
+    frames = np.stack(
+        [
+            decode_video_frames(
+                clip_dir / f"c_{cid}.mp4", list(range(int(data["database"][cid]["num_frames"])))
+            )
+            for cid in ids
+        ]
+    )
+    labels = np.array([classes.index(data["database"][cid]["label"]) for cid in ids])
+    subsets = [str(data["database"][cid]["subset"]) for cid in ids]
+    return frames, labels.astype(np.int64), subsets, classes
+
+
+def _check_clip_config(cfg: SyntheticClipConfig) -> None:
+    if not 1 <= cfg.num_classes <= len(CLIP_CLASSES):
+        raise ValueError(
+            f"num_classes must be in [1, {len(CLIP_CLASSES)}] (the patterns {CLIP_CLASSES}); "
+            f"got {cfg.num_classes}."
+        )
+    if cfg.num_clips < cfg.num_classes:
+        raise ValueError(
+            f"num_clips must be >= num_classes = {cfg.num_classes} (one clip per class at "
+            f"least); got {cfg.num_clips}."
+        )
+    if cfg.size < 16 or cfg.size % 2:
+        raise ValueError(f"size must be an even number >= 16 (yuv420p); got {cfg.size}.")
+    if cfg.num_frames < 4:
+        raise ValueError(f"num_frames must be >= 4 (one snippet); got {cfg.num_frames}.")
+    if cfg.fps < 1:
+        raise ValueError(f"fps must be >= 1; got {cfg.fps}.")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1); got {cfg.val_fraction}.")
+
+
+def _clips_cached(ann_path: Path, cfg: SyntheticClipConfig) -> bool:
+    if not ann_path.is_file():
+        return False
+    try:
+        with open(ann_path, encoding="utf-8") as f:
+            data = json.load(f)
+        meta = data["sgs_tad_synthetic_clips"]
+        if meta["fingerprint"] != cfg.fingerprint():
+            return False
+        clip_dir = ann_path.parent / meta["clip_dir"]
+        return all((clip_dir / f"c_{cid}.mp4").is_file() for cid in data["database"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
