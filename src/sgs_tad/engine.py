@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .heap import release_cpu_heap
 from .microbatch import MicroBatch, as_sources, plan_encode
 from .sources import SnippetSource
 
@@ -190,8 +191,11 @@ class EndToEnd:
             return self.encode(snippets)
 
     def backward(self, snippets: Any, feats: torch.Tensor) -> None:
-        """Nothing: ``loss.backward()`` already reached the encoder through the graph."""
-        return None
+        """Nothing to compute: ``loss.backward()`` already reached the encoder through the
+        graph. On a CPU device the freed heap memory is given back to the system, as
+        :class:`~sgs_tad.SequentializedGradientSampler` does (see :mod:`sgs_tad.heap`)."""
+        if self.device.type == "cpu":
+            release_cpu_heap()
 
     def manual_seed(self, seed: int) -> None:
         """Nothing to seed: the engine draws no sample."""
