@@ -103,9 +103,10 @@ def make_engine(cfg: dict, encoder: nn.Module) -> Any:
         return EndToEnd(encoder)
     if cfg["method"] == "ckpt":
         return EndToEnd(encoder, micro_batch_size=cfg["k"], checkpoint=True)
+    k1 = cfg.get("encode_batch_size", "auto")
     return SequentializedGradientSampler(
         encoder, micro_batch_size=cfg["k"], ratio=cfg["ratio"], keep_graphs=cfg.get("keep", 0),
-        determinism_check=False,
+        determinism_check=False, encode_batch_size=None if k1 == "k" else k1,
     )  # fmt: skip
 
 
@@ -300,6 +301,12 @@ def main() -> None:
     parser.add_argument("--ckpt-k", type=ints, default=None, help="checkpointing K (default: --k)")
     parser.add_argument("--keep", action="store_true", help="also SGS with kept graphs (γ < 1)")
     parser.add_argument(
+        "--encode-batch-size",
+        default="auto",
+        help="SGS phase-1 calls: 'auto' (default), 'k' (= K, the paper's code) or an int",
+    )
+    parser.add_argument("--tag", default="", help="suffix of this run's docs section and JSON")
+    parser.add_argument(
         "--sweep-k", type=ints, default=[], help="more SGS K at γ = 0.3, at the largest N only"
     )
     parser.add_argument("--quick", action="store_true", help="N ∈ {64, 128}, K = 4 only")
@@ -327,8 +334,10 @@ def main() -> None:
                    sweep_ks=args.sweep_k)  # fmt: skip
     rows = []
     for cfg in grid:
+        k1 = args.encode_batch_size
         cfg.update(device=args.device, repeats=args.repeats, threads=args.threads,
-                   encoder=args.encoder, shape=shape)  # fmt: skip
+                   encoder=args.encoder, shape=shape,
+                   encode_batch_size=int(k1) if k1.isdigit() else k1)  # fmt: skip
         res = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
                              capture_output=True, text=True)  # fmt: skip
         if res.returncode != 0:
@@ -342,7 +351,7 @@ def main() -> None:
             f"saved={row['saved_mb']:8.1f} MB time={row['time_s']:.2f} s",
             flush=True,
         )
-    tag = f"{args.encoder}-{args.device.split(':')[0]}"
+    tag = f"{args.encoder}-{args.device.split(':')[0]}" + (f"-{args.tag}" if args.tag else "")
     json_path = args.json or ROOT / "benchmarks" / "results" / f"memory_time-{tag}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
@@ -350,10 +359,12 @@ def main() -> None:
     begin, end = (BEGIN, END) if tag == "toy-cpu" else (
         f"<!-- memory-time-{tag}:begin -->", f"<!-- memory-time-{tag}:end -->")  # fmt: skip
     section = (
-        f"{begin}\n## {args.encoder} on {args.device}: SGS against naive and checkpointing\n\n"
+        f"{begin}\n## {args.encoder} on {args.device}{' (' + args.tag + ')' if args.tag else ''}:"
+        " SGS against naive and checkpointing\n\n"
         f"Measured by `{command.strip()}` on {args.device}, {args.threads} thread(s), one "
         f"video per iteration, snippet {'×'.join(map(str, shape))}, encoder: "
-        f"{ENCODER_NOTE[args.encoder]}, detector: 2-layer temporal conv. Memory on CPU is the "
+        f"{ENCODER_NOTE[args.encoder]}, detector: 2-layer temporal conv, SGS phase-1 calls "
+        f"`encode_batch_size={args.encode_batch_size!r}`. Memory on CPU is the "
         "growth of the peak RSS of a fresh process over its value before training (on CUDA, "
         "`max_memory_allocated` over the allocation before training); saved-for-backward is "
         "the peak of live tensors saved by autograd. Encoder FLOPs count a backward as two "
