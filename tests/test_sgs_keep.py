@@ -16,13 +16,7 @@ from test_sgs import assert_same_grads, end_to_end, grads, loss_of, models
 
 def sample_mask(lengths: list[int], ratio: float, seed: int) -> torch.Tensor:
     """The snippets the engine's random sampler draws with generator seed ``seed``."""
-    replay = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
-    for v, n in enumerate(lengths):
-        k = num_sampled(n, ratio)
-        idx = make_sampler("random")(n, k, generator=replay) if k < n else torch.arange(n)
-        mask[v, idx] = True
-    return mask
+    return _mask_from(torch.Generator().manual_seed(seed).get_state(), lengths, ratio)
 
 
 def run(enc, det, snippets, **options):
