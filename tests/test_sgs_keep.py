@@ -190,7 +190,8 @@ def test_auto_phase_one_size_is_measured_on_the_first_batch():
     sizes the no-grad calls to stay within one phase-3 micro-batch's memory."""
     snippets = torch.randn(1, 40, 2, 6, 6, dtype=torch.float64)
     enc, det = models()
-    sgs = run(enc, det, snippets, micro_batch_size=2, ratio=0.1, independence_check=False)
+    sgs = run(enc, det, snippets, micro_batch_size=2, ratio=0.1, independence_check=False,
+              encode_batch_size="auto")  # fmt: skip
     assert set(enc.calls) == {2}  # the first batch: every call at K, no extra forward
     choice = sgs.phase1_choice
     assert choice is not None

@@ -187,16 +187,17 @@ class SequentializedGradientSampler:
             encoder activations may take: needed by ``micro_batch_size="auto"``, and with it
             ``encode_batch_size="auto"`` also sizes the no-grad phase-1 calls to the budget.
         encode_batch_size: Snippets per phase-1 call for the snippets phase 3 never re-runs:
-            an int, ``"auto"`` (default) or ``None`` (= K, the behaviour of the paper's code).
-            ``"auto"`` runs the first batch at K while measuring, at no extra cost, the bytes
-            one snippet saves for backward (s, in phase 3) and the transient bytes of a no-grad
-            forward (w, in phase 1); from then on phase-1 calls hold as many snippets as keep
-            their memory within one phase-3 micro-batch's, ``K (s + w) / w``, at most ``8 K``
-            (:attr:`phase1_choice` records it). With ``memory_budget`` it is the largest call
-            whose measured workspace fits the budget. A forward without a graph keeps no
-            activations, so it can run many more snippets per call than K, which keeps a CPU
-            or GPU busy. Sampled snippets run in micro-batches of exactly K in phase 1 too
-            when the encoder draws random numbers, so their dropout masks replay exactly
+            ``None`` (default: K, as the paper's code; the memory of K snippets, measured flat
+            in N), an int, or ``"auto"``. ``"auto"`` runs the first batch at K while
+            measuring, at no extra cost, the bytes one snippet saves for backward (s, in phase
+            3) and the transient bytes of a no-grad forward (w, in phase 1); from then on
+            phase-1 calls hold as many snippets as keep their memory within one phase-3
+            micro-batch's, ``K (s + w) / w``, at most ``8 K`` (:attr:`phase1_choice` records
+            it). With ``memory_budget`` it is the largest call whose measured workspace fits
+            the budget. On a CPU larger calls bought little time and cost resident memory
+            (``docs/benchmarks.md``); on a GPU, where small calls leave the device idle, they
+            are worth measuring. Sampled snippets run in micro-batches of exactly K in phase 1
+            too when the encoder draws random numbers, so their dropout masks replay exactly
             whatever this is (the replayed micro-batches are the very phase-1 calls).
         keep_graphs: Budget for keeping, in phase 1, the autograd graphs of the sampled
             micro-batches, so that phase 3 back-propagates through them without re-running the
@@ -257,7 +258,7 @@ class SequentializedGradientSampler:
         *,
         micro_batch_size: int | Literal["auto"] = 4,
         memory_budget: int | str | None = None,
-        encode_batch_size: int | Literal["auto"] | None = "auto",
+        encode_batch_size: int | Literal["auto"] | None = None,
         keep_graphs: int | str = 0,
         prefetch: bool | Literal["auto"] = "auto",
         ratio: float = 0.3,
@@ -931,6 +932,8 @@ class SequentializedGradientSampler:
                     self._check_same(out.detach(), feats.detach()[videos, positions])
                 g = grad[videos, positions] * scale[videos].unsqueeze(1)
                 torch.autograd.backward(out, g.to(out.dtype))
+                del out
+                self._release_heap()  # each micro-batch's graph, before the next one's
                 self.stats.recompute_calls += 1
                 self.stats.snippets_recomputed += len(batch)
                 self.stats.snippets_sampled += len(batch)
