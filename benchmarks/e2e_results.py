@@ -19,8 +19,9 @@ To reproduce (about 70 minutes on 2 CPU cores: 27 runs, two at a time, one threa
     python benchmarks/e2e_results.py --pretrained auto --only frozen sgs0.3 sgs1.0 \
         --jobs 1 --out outputs/results-pretrained --section pretrained-pilot --no-plot
 
-``--pretrained`` is passed to every run (``etad_anet.py --pretrained``); with ``auto`` the
-encoder is pretrained once (``examples/pretrain_encoder.py``, cached) before the runs start.
+``--pretrained`` is passed to every run (``etad_anet.py --pretrained``); with ``auto`` (the
+main job's default) the encoder is pretrained once (``examples/pretrain_encoder.py``, cached)
+before the runs start. The from-scratch tables of docs/results.md are ``--pretrained none``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ pytest.importorskip("av")
 pytest.importorskip("matplotlib")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "etad_anet.py"
-TINY = ["--num-videos", "8", "--num-snippets", "16", "--batch-size", "2", "--no-progress"]
+# --pretrained none: a smoke run need not pretrain (tests/test_pretrain.py covers that path)
+TINY = ["--num-videos", "8", "--num-snippets", "16", "--batch-size", "2", "--no-progress",
+        "--pretrained", "none"]  # fmt: skip
 
 
 def run(*args: object, returncode: int = 0) -> subprocess.CompletedProcess[str]:

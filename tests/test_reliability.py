@@ -239,9 +239,10 @@ def test_a_data_set_without_validation_videos(
 def test_a_run_that_stops_learning_ends_in_one_line(
     etad_anet: ModuleType, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An update that overflows the weights: a one-line error naming the step, not a trace."""
+    """An update that overflows the weights: steps are skipped, and the run ends in one line
+    (at the limit of skipped steps in a row, or at the evaluation), not with a traceback."""
     argv = ["--epochs", "1", "--annotations", dataset,
             "--data-root", synthetic_video_dir(dataset), "--output-dir", tmp_path / "out",
             "--detector-lr", "1e38", *TINY]  # fmt: skip
     line = exits_with_2(etad_anet.main, argv, capsys)
-    assert "training stopped at step" in line and "non-finite" in line
+    assert "stopped" in line and "non-finite" in line
