@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -354,6 +355,7 @@ class SequentializedGradientSampler:
         self.norm_policy = norm_policy
         self.independence_check = bool(independence_check)
         self.release_cpu_memory = bool(release_cpu_memory)
+        self._last_release = 0.0
         # Whether phase 1 leaves the global random states alone: None until the first batch
         # tells. An encoder without randomness needs no replay, so its sampled snippets may
         # share the larger phase-1 calls.
@@ -617,8 +619,13 @@ class SequentializedGradientSampler:
         return out
 
     def _release_heap(self) -> None:
+        # At most every 50 ms: trimming costs about a millisecond, which matters next to the
+        # micro-batches of a small encoder, and they leave little to give back anyway.
         if self.release_cpu_memory and self.device.type == "cpu":
-            release_cpu_heap()
+            now = time.perf_counter()
+            if now - self._last_release >= 0.05:
+                release_cpu_heap()
+                self._last_release = time.perf_counter()
 
     def _state_tensors(self) -> list[torch.Tensor]:
         """Parameters and buffers: saved for backward too, but they exist anyway."""
