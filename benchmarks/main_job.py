@@ -89,7 +89,7 @@ def table(results: dict[str, list[dict]]) -> str:
         mem = statistics.median(r["peak_mb"] for r in runs)
         phases = " | ".join(
             f"{statistics.median(r['phases'][p] for r in runs):.1f}"
-            + ("" if name == "naive" or base_phase[p] < 0.1 else
+            + ("" if name == "naive" or base_phase[p] < 1.0 else
                f" ({statistics.median(r['phases'][p] for r in runs) / base_phase[p]:.2f}×)")
             for p in PHASES
         )  # fmt: skip
