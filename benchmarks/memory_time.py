@@ -103,7 +103,7 @@ def make_engine(cfg: dict, encoder: nn.Module) -> Any:
         return EndToEnd(encoder)
     if cfg["method"] == "ckpt":
         return EndToEnd(encoder, micro_batch_size=cfg["k"], checkpoint=True)
-    k1 = cfg.get("encode_batch_size", "auto")
+    k1 = cfg.get("encode_batch_size", "k")
     return SequentializedGradientSampler(
         encoder, micro_batch_size=cfg["k"], ratio=cfg["ratio"], keep_graphs=cfg.get("keep", 0),
         determinism_check=False, encode_batch_size=None if k1 == "k" else k1,
