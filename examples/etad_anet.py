@@ -607,6 +607,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
              f"{checkpoints}.")  # fmt: skip
     train_time = time.perf_counter() - t_train
     train_cpu_time = time.process_time() - cpu_train  # all threads: robust to a busy machine
+    if dist.is_initialized():
+        # Every rank leaves the process group together, before rank 0 evaluates alone: a rank
+        # that tears its group down while another still uses it can abort the process, and a
+        # barrier after the evaluation could outlast the collective timeout.
+        barrier("waiting for every rank to finish training")
+        dist.destroy_process_group()
     summary: dict[str, Any] = {}
     if rank == 0:
         try:
@@ -644,10 +650,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"peak memory {summary['peak_memory_mb']:.0f} MB ({args.device}), training "
             f"{train_time:.0f} s, total {summary['total_time_s']:.0f} s; outputs in {out}"
         )
-    if dist.is_initialized():
-        # No barrier: the other ranks would wait in it while rank 0 evaluates, which can take
-        # longer than the collective timeout (--ddp-timeout) on a large validation set.
-        dist.destroy_process_group()
     return summary
 
 
