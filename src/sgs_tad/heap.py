@@ -6,8 +6,9 @@ another, and the process's resident memory keeps growing over iterations althoug
 tensors do not. Measured by ``python benchmarks/heap_trim.py --n 64`` (TSM-R50, SGS, N = 64,
 K = 4, γ = 0.3, 8 × 112 × 112 snippets, three iterations): peak RSS growth 781 → 781 →
 868 MB without trimming, 734 → 734 → 734 MB with :func:`release_cpu_heap` after each phase
-and phase-3 micro-batch (at N = 16 it makes no difference: 683 against 685 MB). It calls ``malloc_trim(0)``, which returns the
-free memory of every arena to the system; elsewhere (macOS, Windows, musl) it does nothing.
+and phase-3 micro-batch (at N = 16 it makes no difference: 683 against 685 MB). It calls
+``malloc_trim(0)``, which returns the free memory of every arena to the system; elsewhere
+(macOS, Windows, musl) it does nothing.
 
 Example:
     >>> release_cpu_heap() in (True, False)
