@@ -302,8 +302,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="also SGS with kept graphs (γ < 1)")
     parser.add_argument(
         "--encode-batch-size",
-        default="auto",
-        help="SGS phase-1 calls: 'auto' (default), 'k' (= K, the paper's code) or an int",
+        default="k",
+        help="SGS phase-1 calls: 'k' (= K, the library's default and the paper's code), "
+        "'auto' or an int",
     )
     parser.add_argument("--tag", default="", help="suffix of this run's docs section and JSON")
     parser.add_argument(
