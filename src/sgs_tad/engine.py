@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .heap import release_cpu_heap
-from .microbatch import MicroBatch, as_sources, plan_encode
+from .microbatch import MicroBatch, as_sources, check_features, plan_encode
 from .sources import SnippetSource
 
 __all__ = ["EndToEnd", "Engine"]
@@ -158,12 +158,7 @@ class EndToEnd:
             out = checkpoint(self._call, x, use_reentrant=False)
         else:
             out = self._call(x)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(batch):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"the encoder (with pool) must map {len(batch)} snippets to features "
-                f"[{len(batch)}, C]; it returned {shape}. Pass pool=... for a feature map."
-            )
+        out = check_features(out, len(batch))
         return out
 
     def encode(self, snippets: Any) -> torch.Tensor:

@@ -45,6 +45,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from .microbatch import EncoderOutputError, check_features
+
 __all__ = ["IndependenceReport", "SnippetMixingError", "check_snippet_independence"]
 
 #: Class names of stochastic-depth modules (timm ``DropPath``, torchvision ``StochasticDepth``)
@@ -202,10 +204,6 @@ def _checking_state(encoder: nn.Module, device: torch.device) -> Iterator[list[s
                 buf.copy_(copy)
 
 
-class _OutputShapeError(ValueError):
-    """The encoder (with pool) did not return ``[M, C]``."""
-
-
 def _reseed(device: torch.device) -> None:
     """Same RNG state before every call (CPU, and the encoder's CUDA device only)."""
     torch.random.default_generator.manual_seed(_SEED)
@@ -222,14 +220,7 @@ def _run(
     out = encoder(x)
     if pool is not None:
         out = pool(out)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise _OutputShapeError(
-            f"the encoder (with pool) must map {x.shape[0]} snippets [M, *S] to features "
-            f"[M, C] = [{x.shape[0]}, C]; it returned {shape}. If it returns a feature map, "
-            "pass pool=..., e.g. pool=lambda x: x.flatten(2).mean(-1)."
-        )
-    return out
+    return check_features(out, x.shape[0])
 
 
 def _perturb(x: torch.Tensor) -> torch.Tensor:
@@ -587,7 +578,7 @@ def check_snippet_independence(
         alone: torch.Tensor | None
         try:
             alone = torch.cat([_run(encoder, pool, x[i : i + 1]).float() for i in range(m)])
-        except _OutputShapeError:
+        except EncoderOutputError:
             raise
         except (RuntimeError, ValueError):
             if not train_bns:

@@ -34,13 +34,39 @@ from .sources import SnippetSource, TensorSource
 
 __all__ = [
     "EncodePlan",
+    "EncoderOutputError",
     "MicroBatch",
     "as_sources",
+    "check_features",
     "num_sampled",
     "pack",
     "plan_encode",
     "plan_recompute",
 ]
+
+
+class EncoderOutputError(ValueError):
+    """The encoder (with its pool) did not map ``M`` snippets to features ``[M, C]``."""
+
+
+def check_features(out: object, num_snippets: int) -> torch.Tensor:
+    """``out`` if it is the ``[M, C]`` features of ``M = num_snippets`` snippets, else raise.
+
+    Every engine, the planner and the independence check call the encoder through this test,
+    so a feature map without a ``pool`` is refused with the same message everywhere.
+
+    Raises:
+        EncoderOutputError: ``out`` is not a tensor ``[num_snippets, C]``.
+    """
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != num_snippets:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        m = num_snippets
+        raise EncoderOutputError(
+            f"the encoder (with pool) must map {m} snippets [M, *S] to features [M, C] = "
+            f"[{m}, C]; it returned {shape}. If it returns a feature map, pass pool=..., e.g. "
+            "pool=lambda x: x.flatten(2).mean(-1)."
+        )
+    return out
 
 
 def num_sampled(num_snippets: int, ratio: float) -> int:

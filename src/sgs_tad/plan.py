@@ -61,7 +61,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .microbatch import num_sampled
+from .microbatch import check_features, num_sampled
 
 __all__ = [
     "METHODS",
@@ -394,13 +394,7 @@ def _features(encoder: nn.Module, x: torch.Tensor, pool: Pool | None) -> torch.T
     out = encoder(x)
     if pool is not None:
         out = pool(out)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"the encoder (with pool) must map {x.shape[0]} snippets to features "
-            f"[{x.shape[0]}, C]; it returned {shape}. If it returns a feature map, pass "
-            "pool=..., e.g. pool=lambda x: x.flatten(2).mean(-1)."
-        )
+    out = check_features(out, x.shape[0])
     return out
 
 

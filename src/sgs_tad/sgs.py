@@ -48,6 +48,7 @@ from .microbatch import (
     EncodePlan,
     MicroBatch,
     as_sources,
+    check_features,
     num_sampled,
     plan_encode,
     plan_recompute,
@@ -609,13 +610,7 @@ class SequentializedGradientSampler:
         out = self.encoder(x)
         if self.pool is not None:
             out = self.pool(out)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(batch):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"the encoder (with pool) must map {len(batch)} snippets [M, *S] to features "
-                f"[M, C] = [{len(batch)}, C]; it returned {shape}. If it returns a feature map, "
-                "pass pool=..., e.g. pool=lambda x: x.flatten(2).mean(-1)."
-            )
+        out = check_features(out, len(batch))
         return out
 
     def _release_heap(self) -> None:
