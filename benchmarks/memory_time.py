@@ -162,27 +162,24 @@ def run_one(cfg: dict) -> dict:
         base_cuda = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     saved = SavedBytesMeter(exclude=[*params, *encoder.buffers(), *detector.buffers()])
+
     # The memory window holds two iterations: SGS sizes its phase-1 calls on the first
     # (encode_batch_size="auto"), so the second is the steady state; the peak covers both.
-    with saved:
-        iteration()
+    def timed_iteration() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         iteration()
         if device.type == "cuda":
             torch.cuda.synchronize()
-    times = [time.perf_counter() - t0]  # the second memory iteration (used with repeats=0)
+        return time.perf_counter() - t0
+
+    with saved:
+        timed_iteration()
+        times = [timed_iteration()]  # the second memory iteration (used with repeats=0)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     flops = encoder_flops(cfg, engine)
-    for _ in range(cfg["repeats"]):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        iteration()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times += [timed_iteration() for _ in range(cfg["repeats"])]
     out = {
         **cfg,
         "peak_rss_mb": (peak_rss - base_rss) / 1024,
