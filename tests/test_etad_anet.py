@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "etad_anet.py"
 # --pretrained none: a smoke run need not pretrain (tests/test_pretrain.py covers that path)
-TINY = ["--num-videos", "8", "--num-snippets", "16", "--batch-size", "2", "--no-progress",
+TINY = ["--num-videos", "8", "--val-fraction", "0.25", "--num-snippets", "16", "--batch-size", "2", "--no-progress",
         "--pretrained", "none"]  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from sgs_tad import (
     freeze_norm_layers,
     freeze_stages,
 )
-from sgs_tad.callbacks import Callback
+from sgs_tad.callbacks import Callback, GradientStats
 from sgs_tad.optimization import adamw, step_decay
 from sgs_tad.trainer import NO_GRAD_FEATURES_MESSAGE, SGSTrainer
 
@@ -521,3 +521,29 @@ def test_a_detector_that_raises_floating_point_error_skips_the_step():
                          nonfinite="raise")  # fmt: skip
     with pytest.raises(FloatingPointError, match="non-finite boundaries"):
         raising.fit(data, epochs=1)
+
+
+def test_gradient_stats_report_pre_clip_norms_and_update_sizes(tmp_path):
+    # Reference: the same first step without clipping gives the gradients before clipping.
+    capture = GradCapture()
+    build(callbacks=[capture]).fit(make_data(1), epochs=1)
+    enc_norm = torch.linalg.vector_norm(
+        torch.stack([g.norm() for k, g in capture.grads[0].items() if k.startswith("encoder")])
+    )
+    encoder = make_encoder()
+    before = [p.detach().clone() for p in encoder.parameters()]
+    stats = GradientStats({"encoder": encoder})
+    trainer = build(
+        encoder=encoder, callbacks=[stats], max_grad_norm=1e-3, log_dir=tmp_path, log_every=1
+    )
+    trainer.fit(make_data(1), epochs=1)
+    after = list(encoder.parameters())
+    moved = sum(float((a.detach() - b).square().sum()) for a, b in zip(after, before))
+    size = sum(float(b.square().sum()) for b in before)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["grad_norm/encoder"] == pytest.approx(float(enc_norm), rel=1e-4)
+    assert record["grad_norm/encoder"] > 1e-2  # so clipping (to 1e-3) was undone, not skipped
+    assert record["update/encoder"] == pytest.approx((moved / size) ** 0.5, rel=1e-5)
+    assert stats.summary() == {k: record[k] for k in ("grad_norm/encoder", "update/encoder")}
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        GradientStats({"encoder": encoder}, every=0)

@@ -509,10 +509,10 @@ class SGSTrainer:
         peak = record.get("peak_memory_bytes")
         bar.update(0, loss=f"{record['loss']:.4g}", snip_s=f"{record['snippets_per_s']:.1f}",
                    **({"mem": format_bytes(peak)} if peak is not None else {}))  # fmt: skip
+        for cb in self.callbacks:  # before the write: a callback may add to the record
+            cb.on_step_end(self, record)
         if self.step % self.log_every == 0:
             self.metrics.write(record, step=self.step)
-        for cb in self.callbacks:
-            cb.on_step_end(self, record)
         if self.checkpoint_every is not None and self.step % self.checkpoint_every == 0:
             self._save()
 
