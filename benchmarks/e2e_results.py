@@ -22,6 +22,14 @@ To reproduce (about 70 minutes on 2 CPU cores: 27 runs, two at a time, one threa
 ``--pretrained`` is passed to every run (``etad_anet.py --pretrained``); with ``auto`` (the
 main job's default) the encoder is pretrained once (``examples/pretrain_encoder.py``, cached)
 before the runs start. The from-scratch tables of docs/results.md are ``--pretrained none``.
+
+``--layout thumos`` is passed to every run as well: the THUMOS-like set (several classes, many
+short instances per video, generated once into ``data/synthetic-thumos`` unless ``--data-root``
+says otherwise), sliding windows, mAP at tIoU 0.3:0.1:0.7 (the columns follow). The paper's
+Table 11 pattern (THUMOS-14: frozen < γ = 0.3 ≈ γ = 1.0)::
+
+    python benchmarks/e2e_results.py --layout thumos --only frozen sgs0.3 sgs1.0 \
+        --out outputs/results-thumos --section thumos --no-plot
 """
 
 from __future__ import annotations
@@ -47,7 +55,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "etad_anet.py"
 sys.path.insert(0, str(SCRIPT.parent))
 # its option parser (settings of a run) and evaluation version (older runs are re-evaluated)
-from etad_anet import EVALUATION_VERSION, parse_args, pretrain_config, pretrains  # noqa: E402
+from etad_anet import (  # noqa: E402
+    EVALUATION_VERSION,
+    LAYOUTS,
+    parse_args,
+    pretrain_config,
+    pretrains,
+    synthetic_options,
+)
 from pretrain_encoder import pretrain_encoder  # noqa: E402
 
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -76,7 +91,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
 EXTRA_RUNS = ("unbiased", "sgs0.3-elr2e-6", "sgs0.3-15ep", "sgs0.3-elr2e-5", "sgs1.0-elr2e-5")
 DEFAULT_RUNS = [n for n in RUNS if n not in EXTRA_RUNS]
 
-#: (metrics.json key, column title, scale, decimals)
+#: (metrics.json key, column title, scale, decimals); the mAP columns are the layout's
+#: (:data:`MAP_COLUMNS`), set by :func:`main`
 COLUMNS: list[tuple[str, str, float, int]] = [
     ("mAP@0.5", "mAP@0.5", 100.0, 1),
     ("mAP@0.75", "mAP@0.75", 100.0, 1),
@@ -87,6 +103,11 @@ COLUMNS: list[tuple[str, str, float, int]] = [
     ("peak_memory_mb", "peak RSS MB", 1.0, 0),
     ("train_time_s", "train s", 1.0, 0),
 ]
+#: The tIoU columns of each ``--layout`` (THUMOS: 0.3:0.1:0.7, average over those five).
+MAP_COLUMNS: dict[str, list[tuple[str, str, float, int]]] = {
+    "anet": COLUMNS[:3],
+    "thumos": [(f"mAP@{t}", f"mAP@{t}", 100.0, 1) for t in ("0.3", "0.4", "0.5", "0.6", "0.7")],
+}
 
 
 def run_dir(out: Path, name: str, seed: int) -> Path:
@@ -97,10 +118,12 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 COMPARED = (
     "seed", "ratio", "aps_ratio", "snippet_sampler", "proposal_sampler", "naive", "epochs",
     "num_videos", "data_seed", "class_head", "schedule", "encoder_lr", "frozen_stages",
-    "encoder_delay", "detector_lr", "val_fraction", "grad_scale",
+    "encoder_delay", "detector_lr", "val_fraction", "grad_scale", "layout",
 )  # fmt: skip
+#: The value of a COMPARED setting in a metrics.json written before that setting existed.
+LEGACY = {"layout": "anet"}
 
-#: Arguments given to every run (``--pretrained``), set by :func:`main`.
+#: Arguments given to every run (``--pretrained``, ``--layout``), set by :func:`main`.
 EXTRA: list[str] = []
 
 
@@ -113,7 +136,7 @@ def reusable(metrics: dict[str, Any], name: str, seed: int) -> bool:
     """Whether a finished run's ``metrics.json`` has the settings asked for."""
     want = vars(parse_args([*run_args(name), "--seed", str(seed)]))
     have = metrics.get("settings", {})
-    same = all(have.get(k) == want[k] for k in COMPARED)
+    same = all(have.get(k, LEGACY.get(k)) == want[k] for k in COMPARED)
     weights = None if want["weights"] is None else str(want["weights"])
     return same and have.get("weights") == weights
 
@@ -252,7 +275,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--reuse", action="store_true", help="keep runs that already finished")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "results")
-    parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "synthetic")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="the synthetic set (default data/synthetic, with --layout thumos "
+        "data/synthetic-thumos)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="anet",
+        help="pass --layout to every run: anet (default) or thumos (sliding windows, "
+        "THUMOS-like data, mAP at tIoU 0.3:0.1:0.7)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument(
@@ -273,13 +309,13 @@ def main() -> None:
     # main job's defaults so that every run reuses this set.
     if args.pretrained is not None:
         EXTRA[:] = ["--pretrained", args.pretrained]
+    if args.layout != "anet":
+        EXTRA.extend(["--layout", args.layout])
+    COLUMNS[:3] = MAP_COLUMNS[args.layout]
     defaults = parse_args(EXTRA)
-    generate_synthetic_dataset(
-        args.data_root,
-        num_videos=defaults.num_videos,
-        seed=defaults.data_seed,
-        val_fraction=defaults.val_fraction,
-    )
+    if args.data_root is None:
+        args.data_root = ROOT / defaults.data_root
+    generate_synthetic_dataset(args.data_root, **synthetic_options(defaults))
     if pretrains(defaults):  # once, before the runs (they would race to write it)
         pretrain_encoder(pretrain_config(defaults), defaults.weights)
     jobs = [(n, s) for s in args.seeds for n in names]  # seed-major

@@ -11,6 +11,14 @@ and writes everything into ``--output-dir``::
     torchrun --nproc_per_node=2 examples/etad_anet.py        # DDP (gloo on CPU)
     python examples/etad_anet.py predict VIDEO.mp4 --model outputs/etad_anet/model.pt
     python examples/etad_anet.py evaluate --model outputs/etad_anet/model.pt --subset training
+    python examples/etad_anet.py --layout thumos             # THUMOS-like: sliding windows
+
+``--layout thumos`` is the THUMOS-14 setting of the paper (Table 11) on synthetic data: several
+classes and many short instances per video (``data/synthetic-thumos``), snippets back to back
+at a fixed stride instead of a fixed number per video, training and evaluation on sliding
+windows of ``--window`` snippets (half a window apart; a window's detections are shifted to
+video time and the windows of a video merged by soft-NMS per class), and mAP at tIoU
+0.3:0.1:0.7.
 
 Outputs: ``predictions.json`` (ActivityNet results format), ``metrics.json``,
 ``predictions.png`` (detections against ground truth), ``metrics.jsonl`` and TensorBoard logs,
@@ -40,13 +48,27 @@ from etad.plots import plot_predictions
 from pretrain_encoder import PretrainConfig, default_checkpoint, pretrain_encoder
 from sgs_tad import EndToEnd, Engine, SequentializedGradientSampler, SGSTrainer, StepInfo
 from sgs_tad.callbacks import Callback, GradientStats
-from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
+from sgs_tad.data import (
+    ActivityNetDataset,
+    VideoSample,
+    WindowedDataset,
+    generate_synthetic_dataset,
+    sliding_windows,
+    synthetic_video_dir,
+    window_sample,
+)
 from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
 from sgs_tad.data.video import probe_media
 from sgs_tad.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S, barrier, init_distributed
 from sgs_tad.encoders import ENCODERS, build_encoder, freeze_encoder
-from sgs_tad.evaluation import evaluate_detection, format_results
+from sgs_tad.evaluation import (
+    ACTIVITYNET_TIOU_THRESHOLDS,
+    THUMOS_TIOU_THRESHOLDS,
+    evaluate_detection,
+    format_results,
+)
 from sgs_tad.optimization import adamw, step_decay, warmup_cosine
+from sgs_tad.postprocess import merge_window_detections
 from sgs_tad.sources import NonFiniteSnippetsError
 
 log = logging.getLogger("etad_anet")
@@ -57,15 +79,41 @@ log = logging.getLogger("etad_anet")
 #: docs/results.md, where end to end beat frozen on every seed only from the pretrained one).
 PRETRAINED_DEFAULT = "auto"
 
+LAYOUTS = ("anet", "thumos")
+#: ``--layout thumos``: the synthetic set (``generate_synthetic_dataset`` options) and the
+#: defaults that differ from the ActivityNet layout. 12-16 s videos of 48-64 snippets give 2-3
+#: windows of 32 (about 2.7): 24 training videos make a little fewer windows per epoch than the
+#: ActivityNet layout has videos (72), so a run costs about the same (12-20 s gave 86 windows,
+#: 4.5 minutes on one core against 3-4 for the ActivityNet layout).
+THUMOS = {
+    "data_root": Path("data/synthetic-thumos"),
+    "num_videos": 48,
+    "window": 32,
+    "min_duration": 12.0,
+    "max_duration": 16.0,
+}
+ANET_DATA_ROOT = Path("data/synthetic")
+ANET_NUM_VIDEOS = 144
+ANET_NUM_SNIPPETS = 32
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     data = p.add_argument_group("data")
     data.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="anet",
+        help="anet: one class and a few long instances per video, resized to --num-snippets; "
+        "thumos: several classes and many short instances per video, snippets at a fixed "
+        "stride, sliding windows of --window snippets (the paper's THUMOS-14 setting)",
+    )
+    data.add_argument(
         "--data-root",
         type=Path,
-        default=Path("data/synthetic"),
-        help="videos (or features) folder; the synthetic set is written here",
+        default=None,
+        help="videos (or features) folder; the synthetic set is written here (default "
+        f"{ANET_DATA_ROOT}, with --layout thumos {THUMOS['data_root']})",
     )
     data.add_argument(
         "--annotations",
@@ -79,7 +127,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="folder of pre-extracted .npy [T, C] features: frozen-encoder mode",
     )
-    data.add_argument("--num-videos", type=int, default=144, help="synthetic set size")
+    data.add_argument(
+        "--num-videos",
+        type=int,
+        default=None,
+        help=f"synthetic set size (default {ANET_NUM_VIDEOS}, with --layout thumos "
+        f"{THUMOS['num_videos']})",
+    )
     data.add_argument(
         "--val-fraction",
         type=float,
@@ -94,7 +148,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0,
         help="seed of the synthetic set (--seed seeds the training only)",
     )
-    data.add_argument("--num-snippets", type=int, default=32, help="T, snippets per video")
+    data.add_argument(
+        "--num-snippets",
+        type=int,
+        default=None,
+        help=f"T, snippets per video (default {ANET_NUM_SNIPPETS}; --layout anet only)",
+    )
+    data.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help=f"--layout thumos: snippets per sliding window, the detector's T (default "
+        f"{THUMOS['window']}; windows start every half window)",
+    )
     data.add_argument("--snippet-length", type=int, default=4, help="L, frames per snippet")
     data.add_argument("--size", type=int, default=32, help="frame size after cropping")
     model = p.add_argument_group("model")
@@ -216,6 +282,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    check_layout(p, args)
     if args.features is not None and args.annotations is None:
         p.error("--features needs --annotations (the annotation JSON of those videos)")
     if args.naive and args.features is not None:
@@ -232,9 +299,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 "path of an encoder checkpoint (python examples/pretrain_encoder.py writes one)"
             )
     for flag in ("batch_size", "epochs", "num_videos", "micro_batch_size", "num_snippets",
-                 "snippet_length", "size"):  # fmt: skip
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+                 "snippet_length", "size", "window"):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
     if not 0 < args.val_fraction < 1:
         p.error(f"--val-fraction must be between 0 and 1 (exclusive); got {args.val_fraction}")
     if args.ddp_timeout is not None and not 0 < args.ddp_timeout < math.inf:
@@ -252,6 +320,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 f"got {delay} (at --epochs or more the encoder would never train)"
             )
     return resolve_defaults(args)
+
+
+def check_layout(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse the options of the other layout; fill in the layout's defaults."""
+    if args.layout == "thumos":
+        if args.num_snippets is not None:
+            p.error(
+                f"--num-snippets {args.num_snippets} resizes every video to that many snippets "
+                "(--layout anet); --layout thumos takes snippets at a fixed stride and cuts "
+                "them into windows: pass --window instead"
+            )
+        if args.features is not None:
+            p.error(
+                "--layout thumos cuts videos into windows of snippets; with --features pass "
+                "--layout anet"
+            )
+        defaults = {k: THUMOS[k] for k in ("data_root", "num_videos", "window")}
+    else:
+        if args.window is not None:
+            p.error(
+                f"--window {args.window} is the size of a --layout thumos sliding window; "
+                "--layout anet resizes every video to --num-snippets: pass that, or add "
+                "--layout thumos"
+            )
+        defaults = {"data_root": ANET_DATA_ROOT, "num_videos": ANET_NUM_VIDEOS,
+                    "num_snippets": ANET_NUM_SNIPPETS}  # fmt: skip
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def temporal_scale(args: argparse.Namespace) -> int:
+    """The detector's T: snippets per video (anet) or per window (thumos)."""
+    return int(args.window if getattr(args, "layout", "anet") == "thumos" else args.num_snippets)
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
@@ -352,12 +454,7 @@ def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
     if args.features is None and args.annotations is None:
         if rank == 0:
             log.info("synthetic data set: %s (%d videos)", args.data_root, args.num_videos)
-            generate_synthetic_dataset(
-                args.data_root,
-                num_videos=args.num_videos,
-                seed=args.data_seed,
-                val_fraction=args.val_fraction,
-            )
+            generate_synthetic_dataset(args.data_root, **synthetic_options(args))
         barrier("waiting for rank 0 to generate the synthetic data set")
     if pretrains(args):
         if rank == 0:
@@ -367,10 +464,43 @@ def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
     return data_paths(args)
 
 
+def synthetic_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``generate_synthetic_dataset`` options of the run's synthetic set (its layout's)."""
+    options: dict[str, Any] = dict(num_videos=args.num_videos, seed=args.data_seed,
+                                   val_fraction=args.val_fraction)  # fmt: skip
+    if args.layout == "thumos":
+        options.update(classes_per_video="mixed", instances="many",
+                       min_duration=THUMOS["min_duration"],
+                       max_duration=THUMOS["max_duration"])  # fmt: skip
+    return options
+
+
 def dataset_options(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    return dict(mode=mode, num_snippets=args.num_snippets, snippet_length=args.snippet_length,
-                size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3,
+    # thumos: num_snippets=None takes snippets back to back (a fixed stride of
+    # --snippet-length frames), however long the video
+    thumos = getattr(args, "layout", "anet") == "thumos"
+    return dict(mode=mode, num_snippets=None if thumos else args.num_snippets,
+                snippet_length=args.snippet_length, size=args.size, mean=(0.5,) * 3,
+                std=(0.25,) * 3,
                 decode_cache_bytes=int(getattr(args, "decode_cache_mb", 256) * 2**20))  # fmt: skip
+
+
+def windowed(args: argparse.Namespace, dataset: ActivityNetDataset, *, training: bool) -> Any:
+    """``dataset`` itself (anet), or its sliding windows (thumos; training: those with an action).
+
+    Every video must hold one window: the detector's T is fixed.
+    """
+    if getattr(args, "layout", "anet") != "thumos":
+        return dataset
+    short = [(dataset.videos[i].video_id, dataset.num_snippets_of(i)) for i in range(len(dataset))
+             if dataset.num_snippets_of(i) < args.window]  # fmt: skip
+    if short:
+        vid, n = short[0]
+        fail(f"{len(short)} video(s) have fewer snippets than one --window {args.window} (first: "
+             f"{vid!r}, {n} snippets of {args.snippet_length} frames); lower --window or "
+             "--snippet-length, or use longer videos")  # fmt: skip
+    return WindowedDataset(dataset, window=args.window, stride=max(1, args.window // 2),
+                           drop_empty=training)  # fmt: skip
 
 
 def build_models(args: argparse.Namespace, in_channels: int | None, num_classes: int):
@@ -385,8 +515,8 @@ def build_models(args: argparse.Namespace, in_channels: int | None, num_classes:
         channels = encoder.out_channels
     config = ETADConfig.small(
         in_channels=channels,
-        temporal_scale=args.num_snippets,
-        max_duration=args.num_snippets,
+        temporal_scale=temporal_scale(args),
+        max_duration=temporal_scale(args),
         aps_ratio=args.aps_ratio,
         aps_strategy=args.proposal_sampler,
     )
@@ -412,7 +542,7 @@ def collate(samples: list[Any]) -> dict[str, list[Any]]:
 class EpochSetter(Callback):
     """Redraw the random crops every epoch (the data set's crops depend on its epoch)."""
 
-    def __init__(self, dataset: ActivityNetDataset) -> None:
+    def __init__(self, dataset: ActivityNetDataset | WindowedDataset) -> None:
         self.dataset = dataset
 
     def on_epoch_start(self, trainer: SGSTrainer, epoch: int) -> None:
@@ -462,12 +592,18 @@ RESUME_SETTINGS = ("seed", "data_seed", "num_videos", "num_snippets", "snippet_l
                    "snippet_sampler", "proposal_sampler", "aps_ratio", "naive", "encoder_lr",
                    "detector_lr", "schedule", "encoder_delay", "frozen_stages", "class_head",
                    "feature_norm", "annotations", "features", "data_root",
-                   "pretrained", "val_fraction", "grad_scale")  # fmt: skip
+                   "pretrained", "val_fraction", "grad_scale", "layout", "window")  # fmt: skip
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-            if k in RESUME_SETTINGS}  # fmt: skip
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                if k in RESUME_SETTINGS}  # fmt: skip
+    if settings.get("layout") == "anet":
+        # checkpoints written before --layout existed are all anet runs: without these keys
+        # their settings still match, and they resume
+        settings.pop("layout")
+        settings.pop("window", None)
+    return settings
 
 
 # -------------------------------------------------------------------------------- evaluate
@@ -497,27 +633,41 @@ def evaluate(
     class. ``video_accuracy`` is the top-1 accuracy of the video-level class scores against the
     video's first label, over the videos that have one: the class every detection of the video
     is fused with first.
+
+    With ``--layout thumos`` every window of a video is one item (its class scores, its
+    ``video_accuracy`` entry); its detections are shifted to video time by the window's offset
+    and the windows of a video merged (soft-NMS per class); mAP is at tIoU 0.3:0.1:0.7.
     """
-    results: dict[str, list[dict[str, Any]]] = {}
-    agnostic: dict[str, list[dict[str, Any]]] = {}
+    thumos = getattr(args, "layout", "anet") == "thumos"
+    items = windowed(args, dataset, training=False)
+    # per video, the detections of each of its windows (one "window" per video for anet)
+    results: dict[str, list[list[dict[str, Any]]]] = {}
+    agnostic: dict[str, list[list[dict[str, Any]]]] = {}
     correct = labelled = 0
-    for start in range(0, len(dataset), args.batch_size):
-        samples = [dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))]
+    for start in range(0, len(items), args.batch_size):
+        samples = [items[i] for i in range(start, min(start + args.batch_size, len(items)))]
         preds, probs = predict_videos(
             encoder, detector, [s.source for s in samples], args.micro_batch_size, args.device
         )
         for s, pred, prob in zip(samples, preds, probs):
-            results[s.video_id] = to_detections(
-                pred, duration=s.duration, class_scores=prob.cpu(), class_names=classes
+            place = dict(duration=s.duration, offset=s.offset)
+            results.setdefault(s.video_id, []).append(
+                to_detections(pred, class_scores=prob.cpu(), class_names=classes, **place)
             )
-            agnostic[s.video_id] = to_detections(pred, duration=s.duration)
+            agnostic.setdefault(s.video_id, []).append(to_detections(pred, **place))
             if len(s.labels) > 0:
                 labelled += 1
                 correct += int(int(prob.argmax()) == int(s.labels[0]))
-    predictions = format_results(results)
-    metrics = evaluate_detection(ann, predictions, subset=subset)
+    join = merge_window_detections if thumos else (lambda windows: windows[0])
+    predictions = format_results({v: join(w) for v, w in results.items()})
+    thresholds = THUMOS_TIOU_THRESHOLDS if thumos else ACTIVITYNET_TIOU_THRESHOLDS
+    metrics = evaluate_detection(ann, predictions, subset=subset, tiou_thresholds=thresholds)
     localisation = evaluate_detection(
-        ann, format_results(agnostic), subset=subset, class_agnostic=True
+        ann,
+        format_results({v: join(w) for v, w in agnostic.items()}),
+        subset=subset,
+        class_agnostic=True,
+        tiou_thresholds=thresholds,
     )
     return {
         "predictions": predictions,
@@ -528,12 +678,17 @@ def evaluate(
 
 
 def evaluation_summary(ev: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-ready numbers of :func:`evaluate`."""
+    """The JSON-ready numbers of :func:`evaluate`: mAP at every threshold of the protocol
+    (ActivityNet 0.5:0.05:0.95, whose 0.5, 0.75 and 0.95 get a key of their own; THUMOS
+    0.3:0.1:0.7, each with a key) and their mean."""
     res = ev["result"]
+    if tuple(res.tiou_thresholds) == THUMOS_TIOU_THRESHOLDS:
+        headline = {f"mAP@{t:g}": res.mAP[t] for t in THUMOS_TIOU_THRESHOLDS}
+    else:
+        headline = {"mAP@0.5": res.mAP[0.5], "mAP@0.75": res.mAP[0.75],
+                    "mAP@0.95": res.mAP[0.95]}  # fmt: skip
     return {
-        "mAP@0.5": res.mAP[0.5],
-        "mAP@0.75": res.mAP[0.75],
-        "mAP@0.95": res.mAP[0.95],
+        **headline,
         "average_mAP": res.average_mAP,
         "mAP": {str(k): v for k, v in res.mAP.items()},
         "class_agnostic_mAP": ev["class_agnostic_mAP"],
@@ -543,9 +698,9 @@ def evaluation_summary(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_evaluation(summary: dict[str, Any]) -> None:
+    at = "  ".join(f"{k} {100 * v:.2f}" for k, v in summary.items() if k.startswith("mAP@"))
     print(
-        f"mAP@0.5 {100 * summary['mAP@0.5']:.2f}  mAP@0.75 {100 * summary['mAP@0.75']:.2f}  "
-        f"mAP@0.95 {100 * summary['mAP@0.95']:.2f}  average {100 * summary['average_mAP']:.2f}\n"
+        f"{at}  average {100 * summary['average_mAP']:.2f}\n"
         f"class-agnostic average mAP {100 * summary['class_agnostic_mAP']:.2f}, video "
         f"classification accuracy {100 * summary['video_accuracy']:.1f} %"
     )
@@ -588,6 +743,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             'evaluated after training. Give some videos "subset": "validation" in the '
             "annotations (the synthetic set has them), or check the annotation file."
         )
+    # thumos: every item is a window of a video (those with an action, for training)
+    train_items = windowed(args, train_set, training=True)
+    if train_items is not train_set:
+        log.info("%d training windows of %d snippets from %d videos", len(train_items),
+                 args.window, len(train_set))  # fmt: skip
     in_channels = None
     if mode == "features":
         in_channels = int(train_set[0].features.shape[1])
@@ -604,7 +764,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         detector,
         detector_step=detector_step(detector),
         optimizer=adamw(encoder_lr=args.encoder_lr, detector_lr=args.detector_lr),
-        scheduler=make_scheduler(args, len(train_set), world, encoder),
+        scheduler=make_scheduler(args, len(train_items), world, encoder),
         max_grad_norm=5.0,
         seed=args.seed,
         settings=run_settings(args),
@@ -613,11 +773,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         tensorboard=True,
         progress=not args.no_progress,
         log_every=1,
-        callbacks=[EpochSetter(train_set), grad_stats],
+        callbacks=[EpochSetter(train_items), grad_stats],
     )
     t_train, cpu_train = time.perf_counter(), time.process_time()
     try:
-        fit = trainer.fit(train_set, epochs=args.epochs, batch_size=args.batch_size,
+        fit = trainer.fit(train_items, epochs=args.epochs, batch_size=args.batch_size,
                           collate_fn=collate, resume=args.resume,
                           resume_override=args.resume_override)  # fmt: skip
     except ValueError as err:
@@ -704,6 +864,8 @@ def load_model(path: Path, device: str) -> tuple[argparse.Namespace, nn.Module, 
     # model.pt files written before these options existed used the older defaults
     args.class_head = getattr(args, "class_head", "mean")
     args.feature_norm = getattr(args, "feature_norm", "running")
+    args.layout = getattr(args, "layout", "anet")
+    args.window = getattr(args, "window", None)
     encoder, detector = build_models(args, state["in_channels"], len(state["classes"]))
     encoder.load_state_dict(state["encoder"])
     detector.load_state_dict(state["detector"])
@@ -762,9 +924,12 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
     args, encoder, detector, classes = load_model(a.model, a.device)
     info = probe_media(a.video, "video")
     size = (args.size, args.size)
+    thumos = args.layout == "thumos"
+    frames = snippet_frame_indices(info.num_frames, None if thumos else args.num_snippets,
+                                   args.snippet_length)  # fmt: skip
     source = MediaSnippetSource(
         a.video,
-        snippet_frame_indices(info.num_frames, args.num_snippets, args.snippet_length),
+        frames,
         kind="video",
         crop=draw_crop((info.height, info.width), size, mode="center"),
         size=size,
@@ -772,9 +937,27 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
         std=(0.25,) * 3,
     )
     duration = info.num_frames / info.fps
-    preds, probs = predict_videos(encoder, detector, [source], args.micro_batch_size, a.device)
-    dets = to_detections(preds[0], duration=duration, class_scores=probs[0],
-                         class_names=classes)  # fmt: skip
+    if not thumos:
+        preds, probs = predict_videos(encoder, detector, [source], args.micro_batch_size,
+                                      a.device)  # fmt: skip
+        dets = to_detections(preds[0], duration=duration, class_scores=probs[0],
+                             class_names=classes)  # fmt: skip
+    else:  # the windows of evaluate(), merged back into the video's detections
+        n = int(frames.shape[0])
+        if n < args.window:
+            fail(f"{a.video} has {n} snippets, fewer than one window of {args.window} (the "
+                 "model's); pass a longer video")  # fmt: skip
+        video = VideoSample(source, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long),
+                            a.video.stem, duration, float(info.fps),
+                            (frames.float().mean(dim=1) + 0.5) / info.fps)  # fmt: skip
+        windows = []
+        for lo, hi in sliding_windows(n, window=args.window, stride=max(1, args.window // 2)):
+            w = window_sample(video, lo, hi)
+            preds, probs = predict_videos(encoder, detector, [w.source], args.micro_batch_size,
+                                          a.device)  # fmt: skip
+            windows.append(to_detections(preds[0], duration=w.duration, offset=w.offset,
+                                         class_scores=probs[0], class_names=classes))  # fmt: skip
+        dets = merge_window_detections(windows)
     for d in dets[: a.top]:
         print(f"{d['segment'][0]:7.2f} s - {d['segment'][1]:7.2f} s  {d['label']:<12s} "
               f"score {d['score']:.3f}")  # fmt: skip

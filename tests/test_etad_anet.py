@@ -15,8 +15,8 @@ pytest.importorskip("matplotlib")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "etad_anet.py"
 # --pretrained none: a smoke run need not pretrain (tests/test_pretrain.py covers that path)
-TINY = ["--num-videos", "8", "--val-fraction", "0.25", "--num-snippets", "16", "--batch-size", "2", "--no-progress",
-        "--pretrained", "none"]  # fmt: skip
+TINY = ["--num-videos", "8", "--val-fraction", "0.25", "--num-snippets", "16", "--batch-size",
+        "2", "--no-progress", "--pretrained", "none"]  # fmt: skip
 
 
 def run(*args: object, returncode: int = 0) -> subprocess.CompletedProcess[str]:
@@ -99,6 +99,9 @@ def test_evaluate_reproduces_the_training_run_numbers(trained: tuple[Path, Path]
         (["--batch-size", "0"], "--batch-size must be >= 1; got 0"),
         (["--encoder-delay", "10"], "--encoder-delay must be a number of epochs in [0, --epochs"),
         (["--schedule", "step", "--encoder-delay", "1"], "needs --schedule cosine"),
+        (["--layout", "thumos", "--window", "0"], "--window must be >= 1; got 0"),
+        (["--window", "16"], "--window 16 is the size of a --layout thumos sliding window"),
+        (["--layout", "thumos", "--num-snippets", "16"], "pass --window instead"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(
@@ -140,6 +143,68 @@ def test_features_mode_trains_the_detector_only(
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["average_mAP"] <= 1.0
     assert metrics["settings"]["features"] == str(features)
+
+
+# ------------------------------------------------------------- --layout thumos: sliding windows
+
+# 4 videos of 12-20 s (2 training, 2 validation), windows of 16 snippets of 4 frames (4 s)
+THUMOS_TINY = ["--layout", "thumos", "--num-videos", "4", "--val-fraction", "0.5", "--window",
+               "16", "--batch-size", "2", "--no-progress", "--pretrained", "none"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_thumos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("etad_thumos")
+    data, out = root / "data", root / "out"
+    proc = run("--epochs", "1", "--data-root", data, "--output-dir", out, *THUMOS_TINY)
+    assert "training windows of 16 snippets from 2 videos" in proc.stderr
+    return data, out
+
+
+def test_thumos_layout_evaluates_windows_merged_in_video_time(
+    trained_thumos: tuple[Path, Path],
+) -> None:
+    data, out = trained_thumos
+    meta = json.loads((data / "annotations.json").read_text())
+    assert meta["sgs_tad_synthetic"]["config"]["instances"] == "many"
+    assert meta["sgs_tad_synthetic"]["config"]["classes_per_video"] == "mixed"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("mAP@0.3", "mAP@0.4", "mAP@0.5", "mAP@0.6", "mAP@0.7", "average_mAP"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert "mAP@0.75" not in metrics
+    assert sorted(metrics["mAP"]) == ["0.3", "0.4", "0.5", "0.6", "0.7"]
+    assert metrics["settings"]["layout"] == "thumos" and metrics["settings"]["window"] == 16
+    predictions = json.loads((out / "predictions.json").read_text())["results"]
+    database = meta["database"]
+    assert set(predictions) == {k for k, v in database.items() if v["subset"] == "validation"}
+    for video_id, dets in predictions.items():
+        ends = [d["segment"][1] for d in dets]
+        # merged from every window: detections beyond the first window (4 s), none beyond
+        # the video
+        assert max(ends) > 4.0 and max(ends) <= database[video_id]["duration"] + 1e-6
+        assert [d["score"] for d in dets] == sorted((d["score"] for d in dets), reverse=True)
+
+
+def test_thumos_evaluate_and_predict_use_windows_too(trained_thumos: tuple[Path, Path]) -> None:
+    data, out = trained_thumos
+    run("evaluate", "--model", out / "model.pt", "--output", out / "again.json")
+    again = json.loads((out / "again.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("average_mAP", "mAP@0.3", "class_agnostic_mAP", "video_accuracy"):
+        assert again[key] == pytest.approx(metrics[key]), key
+    video = sorted((data / "videos").iterdir())[0]
+    proc = run("predict", video, "--model", out / "model.pt", "--top", "50")
+    ends = [float(line.split(" s - ")[1].split()[0]) for line in proc.stdout.splitlines()
+            if " s - " in line]  # fmt: skip
+    assert ends and max(ends) > 4.0  # in video time, past the first window
+
+
+def test_thumos_resume_refuses_another_window(trained_thumos: tuple[Path, Path]) -> None:
+    data, out = trained_thumos
+    args = [a if a != "16" else "8" for a in THUMOS_TINY]
+    refused = run("--epochs", "1", "--resume", "--data-root", data, "--output-dir", out, *args,
+                  returncode=2)  # fmt: skip
+    assert "window: checkpoint 16, now 8" in refused.stderr, refused.stderr
 
 
 # ------------------------------------------------------------------ the class head, in process

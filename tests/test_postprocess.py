@@ -13,6 +13,7 @@ from sgs_tad.postprocess import (
     boundary_mask,
     detections_from_proposals,
     fuse_class_scores,
+    merge_window_detections,
     proposal_scores,
     segment_iou,
     select_by_boundaries,
@@ -195,3 +196,44 @@ def test_detections_evaluate_to_one_when_proposals_are_the_ground_truth():
         }
     }
     assert evaluate_detection(gt, format_results({"v": dets})).average_mAP == 1.0
+
+
+def test_merge_window_detections_puts_windows_in_video_time_and_suppresses_duplicates():
+    # Two windows of 8 s, half a window apart (offsets 0 and 4 s). An action at 5-7 s lies in
+    # both; another at 10-11 s only in the second one.
+    first = detections_from_proposals(
+        torch.tensor([[5 / 8, 7 / 8]]), torch.tensor([0.9]), duration=8.0, offset=0.0,
+        label="hop",
+    )  # fmt: skip
+    second = detections_from_proposals(
+        torch.tensor([[1 / 8, 3 / 8], [6 / 8, 7 / 8]]), torch.tensor([0.8, 0.7]),
+        duration=8.0, offset=4.0, label="hop",
+    )  # fmt: skip
+    other = [{"segment": [5.0, 7.0], "score": 0.5, "label": "orbit"}]
+    merged = merge_window_detections([first, second, other])
+    got = [(d["label"], [round(x, 6) for x in d["segment"]], d["score"]) for d in merged]
+    assert [g[:2] for g in got] == [
+        ("hop", [5.0, 7.0]),
+        ("hop", [10.0, 11.0]),
+        ("orbit", [5.0, 7.0]),  # another label: not a duplicate
+        ("hop", [5.0, 7.0]),  # the second window's copy, decayed
+    ]
+    assert got[0][2] == pytest.approx(0.9) and got[1][2] == pytest.approx(0.7)
+    assert got[3][2] == pytest.approx(0.8 * math.exp(-1 / 0.35))
+    # top_k counts over all labels; the duplicate goes first
+    assert len(merge_window_detections([first, second, other], top_k=3)) == 3
+    assert merge_window_detections([]) == []
+    scores = evaluate_detection(
+        {"database": {"v": {"subset": "validation", "annotations": [
+            {"segment": [5.0, 7.0], "label": "hop"}, {"segment": [10.0, 11.0], "label": "hop"}]}}},
+        format_results({"v": [d for d in merged if d["label"] == "hop"]}),
+        tiou_thresholds=(0.5,),
+    )  # fmt: skip
+    assert scores.mAP[0.5] == pytest.approx(1.0)
+
+
+def test_merge_window_detections_rejects_bad_input():
+    with pytest.raises(ValueError, match="window 0, detection 0.*needs 'segment', 'score'"):
+        merge_window_detections([[{"segment": [0.0, 1.0], "score": 1.0}]])
+    with pytest.raises(ValueError, match="top_k=0 must be a positive int"):
+        merge_window_detections([], top_k=0)

@@ -143,8 +143,8 @@ def test_main_job_fine_tunes_a_pretrained_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, str(EXAMPLES / "etad_anet.py"), "--pretrained", str(ckpt),
            "--data-root", str(tmp_path / "data"), "--output-dir", str(out), "--epochs", "1",
-           "--num-videos", "8", "--val-fraction", "0.25", "--num-snippets", "16", "--batch-size", "2", "--no-progress",
-           "--size", "16"]  # fmt: skip
+           "--num-videos", "8", "--val-fraction", "0.25", "--num-snippets", "16",
+           "--batch-size", "2", "--no-progress", "--size", "16"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

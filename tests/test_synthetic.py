@@ -114,3 +114,72 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(f"sgs_tad.data.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------- instances="many" (THUMOS)
+
+TINY_DEFAULT = dict(num_videos=4, min_duration=2.0, max_duration=3.0, size=16, val_fraction=0.25)
+
+
+def _database_digest(path):
+    import hashlib
+
+    database = json.loads(path.read_text())["database"]
+    return hashlib.sha256(json.dumps(database, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_default_instances_leave_the_set_and_its_fingerprint_unchanged(tmp_path):
+    from sgs_tad.data.synthetic import SyntheticConfig
+
+    # Digests and fingerprints of the code before instances= existed: the default ("few")
+    # must give the same annotations and the same fingerprint, so cached sets are reused.
+    plain = generate_synthetic_dataset(tmp_path / "plain", **TINY_DEFAULT)
+    assert _database_digest(plain) == "4c51f73e74541507"
+    meta = json.loads(plain.read_text())["sgs_tad_synthetic"]
+    assert meta["fingerprint"] == "2ab9db4cc560433e"
+    assert "instances" not in meta["config"]
+    few = generate_synthetic_dataset(tmp_path / "few", instances="few", **TINY_DEFAULT)
+    assert few.read_text() == plain.read_text()
+    # the main job's default set (144 videos, half for validation)
+    assert SyntheticConfig(num_videos=144, val_fraction=0.5).fingerprint() == "b17e7f279878ca26"
+    assert SyntheticConfig(instances="many").fingerprint() != SyntheticConfig().fingerprint()
+
+
+def test_many_instances_are_many_short_and_of_mixed_classes(tmp_path):
+    fps = 12
+    path = generate_synthetic_dataset(
+        tmp_path, num_videos=4, size=16, fps=fps, min_duration=24.0, max_duration=30.0,
+        classes_per_video="mixed", instances="many", val_fraction=0.0,
+    )  # fmt: skip
+    meta = json.loads(path.read_text())["sgs_tad_synthetic"]
+    assert meta["config"]["instances"] == "many"
+    videos = load_annotations(path).videos
+    labels_seen = set()
+    for video in videos:
+        segments = sorted(video.segments)
+        assert len(segments) >= 4, (video.video_id, segments)
+        for start, end in segments:
+            assert 0.75 - 1 / fps <= end - start <= 2.5 + 1 / fps
+        gaps = [b[0] - a[1] for a, b in zip(segments, segments[1:])]
+        assert min(gaps) >= 4 / fps - 1e-9
+        assert sum(e - s for s, e in segments) <= 0.6 * video.duration + 1e-9
+        labels_seen |= set(video.labels)
+    assert max(len(set(v.labels)) for v in videos) >= 2  # several classes in a video
+    assert len(labels_seen) >= 3
+
+
+def test_many_instance_counts_follow_the_video_length():
+    from sgs_tad.data.synthetic import _many_segments
+
+    for seconds, lo, hi in ((12, 2, 5), (32, 6, 13)):
+        counts = []
+        for i in range(50):
+            segments = _many_segments(np.random.default_rng([7, i]), seconds * 16, 16)
+            counts.append(len(segments))
+            assert segments[0][0] >= 0 and segments[-1][1] <= seconds * 16
+        assert lo <= min(counts) and max(counts) <= hi, (seconds, counts)
+
+
+def test_unknown_instances_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="instances must be 'few'.*got 'lots'"):
+        generate_synthetic_dataset(tmp_path, instances="lots", **SMALL)  # type: ignore[arg-type]

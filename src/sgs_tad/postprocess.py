@@ -11,6 +11,11 @@ ETAD's inference (paper App. A.4), one video at a time, each step a function her
    are given, else label everything with one class-agnostic label; convert to seconds
    (:func:`detections_from_proposals` does 4 and 5).
 
+Videos cut into sliding windows (THUMOS, :mod:`sgs_tad.data.windows`) go through these steps
+one window at a time, with the window's ``offset`` so that the detections are in seconds of the
+video; :func:`merge_window_detections` then joins the windows of a video (soft-NMS per label
+again, where the overlap of two windows gave the same action twice).
+
 Segments are ``[P, 2]`` tensors of (start, end) normalised to ``[0, 1]`` of the video (or of
 the window, with ``offset``/``duration`` describing the window).
 
@@ -34,7 +39,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +50,7 @@ __all__ = [
     "boundary_mask",
     "detections_from_proposals",
     "fuse_class_scores",
+    "merge_window_detections",
     "proposal_scores",
     "segment_iou",
     "select_by_boundaries",
@@ -325,6 +331,64 @@ def detections_from_proposals(
         {"segment": list(seconds[i // k]), "score": float(values[i]), "label": names[i % k]}
         for i in order
     ]
+
+
+def merge_window_detections(
+    windows: Iterable[Sequence[Mapping[str, Any]]],
+    *,
+    sigma: float = 0.35,
+    iou_threshold: float = 0.0,
+    top_k: int = 100,
+) -> list[dict[str, Any]]:
+    """Join the detections of one video's sliding windows into the video's detections.
+
+    Windows overlap (by half a window in ``WindowedDataset``'s default), so an action in the
+    overlap is usually detected twice, once per window. The detections of all windows are
+    pooled and, for each label separately, Gaussian soft-NMS decays the scores of those that
+    overlap a better one (a duplicate of IoU 1 keeps ``exp(-1 / sigma)`` of its score, 6 % at
+    ETAD's 0.35); the ``top_k`` best of all labels are kept.
+
+    Args:
+        windows: per window, its detections ``[{"segment": [t0, t1], "score", "label"}, ...]``
+            in seconds **of the video**: made with the window's ``offset`` (e.g.
+            :func:`detections_from_proposals` with ``offset=sample.offset``).
+        sigma: see :func:`soft_nms`.
+        iou_threshold: see :func:`soft_nms`.
+        top_k: detections kept for the video, over all labels.
+
+    Returns:
+        The video's detections, best score first.
+
+    Example:
+        >>> a = [{"segment": [4.0, 6.0], "score": 0.9, "label": "hop"}]
+        >>> b = [{"segment": [4.0, 6.0], "score": 0.8, "label": "hop"},
+        ...      {"segment": [9.0, 11.0], "score": 0.7, "label": "hop"}]
+        >>> [(d["segment"], round(d["score"], 3)) for d in merge_window_detections([a, b])]
+        [([4.0, 6.0], 0.9), ([9.0, 11.0], 0.7), ([4.0, 6.0], 0.046)]
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r} must be a positive int")
+    by_label: dict[str, list[Mapping[str, Any]]] = {}
+    for w, dets in enumerate(windows):
+        for i, det in enumerate(dets):
+            if not {"segment", "score", "label"} <= set(det):
+                raise ValueError(
+                    f"window {w}, detection {i} is {det!r}; each needs 'segment', 'score' and "
+                    "'label' (the dicts of detections_from_proposals)"
+                )
+            by_label.setdefault(str(det["label"]), []).append(det)
+    merged: list[tuple[float, int, dict[str, Any]]] = []
+    for label, dets in by_label.items():
+        segments = torch.tensor([[float(x) for x in d["segment"]] for d in dets],
+                                dtype=torch.float64).reshape(-1, 2)  # fmt: skip
+        scores = torch.tensor([float(d["score"]) for d in dets], dtype=torch.float64)
+        kept, kept_scores, _ = soft_nms(
+            segments, scores, sigma=sigma, iou_threshold=iou_threshold, top_k=top_k
+        )
+        for seg, score in zip(kept.tolist(), kept_scores.tolist()):
+            merged.append((score, len(merged), {"segment": seg, "score": score, "label": label}))
+    merged.sort(key=lambda item: (-item[0], item[1]))
+    return [det for _, _, det in merged[:top_k]]
 
 
 def _check_tensor(value: Any, name: str, *, dim: int | None = None, min_dim: int = 0) -> None:

@@ -22,7 +22,9 @@ class         pattern during an instance (period and amplitude vary)
 Appearance is the same for all classes and videos, so a classifier has to look at motion (and
 cannot memorise a video's look, which matters with a few dozen training videos), and the action
 boundaries are where the actor starts and stops moving. Instance count (1-4),
-total coverage (5-80 % of the video) and video length are drawn per video.
+total coverage (5-80 % of the video) and video length are drawn per video, as in ActivityNet;
+``instances="many"`` draws many short instances instead, as in THUMOS (one per 2.5-5 s of
+video, 0.75-2.5 s each; with ``classes_per_video="mixed"`` a video holds several classes).
 
 Files written under ``root``::
 
@@ -116,9 +118,21 @@ class SyntheticConfig:
     val_fraction: float = 0.25
     classes_per_video: Literal["one", "mixed"] = "one"
     codec: str | None = None
+    instances: Literal["few", "many"] = "few"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, without ``instances`` at its default ``"few"``.
+
+        Sets written before ``instances`` existed were all ``"few"``: leaving it out keeps their
+        fingerprint (so they are still reused) and their annotation files byte for byte.
+        """
+        fields = asdict(self)
+        if self.instances == "few":
+            del fields["instances"]
+        return fields
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        blob = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -140,6 +154,7 @@ def generate_synthetic_dataset(
     val_fraction: float = 0.25,
     classes_per_video: Literal["one", "mixed"] = "one",
     codec: str | None = None,
+    instances: Literal["few", "many"] = "few",
 ) -> Path:
     """Write (or reuse) a synthetic ActivityNet-format data set under ``root``.
 
@@ -159,6 +174,10 @@ def generate_synthetic_dataset(
         codec: PyAV encoder name; ``None`` tries ``mpeg4`` then ``libx264``. MPEG-4 part 2
             comes first because its output is byte-identical run to run; libx264 was not here
             (about one file in twenty differed between identical runs, even single-threaded).
+        instances: ``"few"``: 1-4 instances covering 5-80 % of the video (as in ActivityNet);
+            ``"many"``: many short ones, one per 2.5-5 s of video on average (at least 2),
+            0.75-2.5 s each, covering at most 60 % of it (as in THUMOS; see
+            :func:`render_video`).
 
     Returns:
         The path of ``annotations.json``; videos are in :func:`synthetic_video_dir` of it.
@@ -174,6 +193,7 @@ def generate_synthetic_dataset(
         val_fraction=val_fraction,
         classes_per_video=classes_per_video,
         codec=codec,
+        instances=instances,
     )
     _check_config(cfg)
     root = Path(root)
@@ -193,7 +213,7 @@ def generate_synthetic_dataset(
         subset = "validation" if is_val else "training"
         first_class = subset_counts[subset] % num_classes
         subset_counts[subset] += 1
-        frames, instances = render_video(
+        frames, drawn = render_video(
             rng,
             size=size,
             fps=fps,
@@ -202,6 +222,7 @@ def generate_synthetic_dataset(
             max_duration=max_duration,
             first_class=first_class,
             mixed=classes_per_video == "mixed",
+            instances=instances,
         )
         video_id = f"synth_{i:04d}"
         _encode(video_dir / f"v_{video_id}.mp4", frames, fps=fps, codec=codec_name)
@@ -214,7 +235,7 @@ def generate_synthetic_dataset(
             "resolution": f"{size}x{size}",
             "url": "",
             "annotations": [
-                {"segment": [s / fps, e / fps], "label": classes[c]} for s, e, c in instances
+                {"segment": [s / fps, e / fps], "label": classes[c]} for s, e, c in drawn
             ],
         }
     data = {
@@ -225,7 +246,7 @@ def generate_synthetic_dataset(
         "database": database,
         "sgs_tad_synthetic": {
             "fingerprint": cfg.fingerprint(),
-            "config": asdict(cfg),
+            "config": cfg.to_dict(),
             "codec": codec_name,
             "video_dir": _VIDEO_DIR,
         },
@@ -264,6 +285,11 @@ def _check_config(cfg: SyntheticConfig) -> None:
     if cfg.classes_per_video not in ("one", "mixed"):
         raise ValueError(
             f"classes_per_video must be 'one' or 'mixed'; got {cfg.classes_per_video!r}."
+        )
+    if cfg.instances not in ("few", "many"):
+        raise ValueError(
+            f"instances must be 'few' (1-4 per video, ActivityNet-like) or 'many' (short ones "
+            f"every few seconds, THUMOS-like); got {cfg.instances!r}."
         )
 
 
@@ -346,6 +372,34 @@ def _segments(rng: np.random.Generator, num_frames: int, fps: int) -> list[tuple
     k = max(1, min(k, total // min_len))
     lengths = min_len + np.floor(rng.dirichlet(np.full(k, 2.0)) * (total - k * min_len))
     lengths = lengths.astype(int)
+    free = num_frames - int(lengths.sum()) - (k - 1) * _MIN_GAP_FRAMES
+    gaps = np.floor(rng.dirichlet(np.ones(k + 1)) * free).astype(int)
+    gaps[1:-1] += _MIN_GAP_FRAMES
+    out = []
+    t = int(gaps[0])
+    for j in range(k):
+        out.append((t, t + int(lengths[j])))
+        t += int(lengths[j]) + int(gaps[j + 1])
+    return out
+
+
+#: ``instances="many"``: instances per second of video (drawn per video), and instance length
+#: in seconds (drawn per instance).
+_MANY_DENSITY = (0.2, 0.4)
+_MANY_LENGTH_S = (0.75, 2.5)
+#: ...covering at most this fraction of the video (instances are dropped until they fit).
+_MANY_MAX_COVERAGE = 0.6
+
+
+def _many_segments(rng: np.random.Generator, num_frames: int, fps: int) -> list[tuple[int, int]]:
+    """Draw many short instances (THUMOS-like), with gaps of >= 4 frames between them."""
+    density = float(rng.uniform(*_MANY_DENSITY))
+    k = max(2, round(density * num_frames / fps))
+    lengths = np.maximum(8, np.round(rng.uniform(*_MANY_LENGTH_S, size=k) * fps)).astype(int)
+    budget = _MANY_MAX_COVERAGE * num_frames
+    while k > 1 and lengths[:k].sum() + (k - 1) * _MIN_GAP_FRAMES > budget:
+        k -= 1
+    lengths = np.minimum(lengths[:k], int(budget))
     free = num_frames - int(lengths.sum()) - (k - 1) * _MIN_GAP_FRAMES
     gaps = np.floor(rng.dirichlet(np.ones(k + 1)) * free).astype(int)
     gaps[1:-1] += _MIN_GAP_FRAMES
@@ -510,8 +564,21 @@ def render_video(
     max_duration: float,
     first_class: int,
     mixed: bool,
+    instances: Literal["few", "many"] = "few",
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """Render one video with numpy.
+
+    Args:
+        rng: The video's generator (every draw comes from it).
+        size: Frame height and width, pixels.
+        fps: Frame rate.
+        num_classes: Classes to draw from (the first of :data:`SYNTHETIC_CLASSES`).
+        min_duration: Shortest video, seconds.
+        max_duration: Longest video, seconds.
+        first_class: Class of the first instance (of every instance unless ``mixed``).
+        mixed: Draw a class for each instance after the first.
+        instances: ``"few"`` (1-4, 5-80 % of the video) or ``"many"`` (short ones every few
+            seconds), see :func:`generate_synthetic_dataset`.
 
     Returns:
         ``uint8`` frames ``[F, size, size, 3]`` and the instances ``[(start, end, class)]`` in
@@ -530,10 +597,11 @@ def render_video(
     # Actor: a slowly drifting rest position plus the class pattern during instances.
     ax, ay = _rest_track(rng, num_frames, size)
     radius = np.full(num_frames, r0)
-    instances: list[tuple[int, int, int]] = []
-    for start, end in _segments(rng, num_frames, fps):
-        c = int(rng.integers(num_classes)) if mixed and instances else first_class
-        instances.append((start, end, c))
+    drawn: list[tuple[int, int, int]] = []
+    draw = _many_segments if instances == "many" else _segments
+    for start, end in draw(rng, num_frames, fps):
+        c = int(rng.integers(num_classes)) if mixed and drawn else first_class
+        drawn.append((start, end, c))
         tau = np.arange(end - start, dtype=np.float64)
         period = rng.uniform(6, 11)
         amp = rng.uniform(0.16, 0.21) * s
@@ -544,7 +612,7 @@ def render_video(
         ay[start:end] += oy
         radius[start:end] *= scale
     discs = [(dx, dy, np.full(num_frames, r0)), (ax, ay, radius)]
-    return _composite(frames, discs, colour, yy, xx), instances
+    return _composite(frames, discs, colour, yy, xx), drawn
 
 
 # ------------------------------------------------------------------------ trimmed clips
