@@ -118,10 +118,14 @@ class GradientStats(Callback):
             coef = min(1.0, max_norm / (total + 1e-6))
         for part, before in self._before.items():
             after = self._trainable(part)
-            moved = sum(
-                float((a.detach() - b).float().pow(2).sum()) for a, b in zip(after, before)
-            )
-            size = sum(float(b.float().pow(2).sum()) for b in before)
+            moved = size = 0.0
+            if before:  # both sums reduced on the device, then one host sync per part
+                sums = torch.stack([
+                    torch.stack([(a.detach() - b).float().square().sum()
+                                 for a, b in zip(after, before)]).sum(),
+                    torch.stack([b.float().square().sum() for b in before]).sum(),
+                ]).tolist()  # fmt: skip
+                moved, size = sums
             values = {
                 f"grad_norm/{part}": self._grad[part] / coef if coef > 0 else math.nan,
                 f"update/{part}": math.sqrt(moved / size) if size > 0 else 0.0,
