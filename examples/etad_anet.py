@@ -353,7 +353,7 @@ def check_layout(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def temporal_scale(args: argparse.Namespace) -> int:
     """The detector's T: snippets per video (anet) or per window (thumos)."""
-    return int(args.window if getattr(args, "layout", "anet") == "thumos" else args.num_snippets)
+    return int(args.window if args.layout == "thumos" else args.num_snippets)
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
@@ -478,7 +478,7 @@ def synthetic_options(args: argparse.Namespace) -> dict[str, Any]:
 def dataset_options(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     # thumos: num_snippets=None takes snippets back to back (a fixed stride of
     # --snippet-length frames), however long the video
-    thumos = getattr(args, "layout", "anet") == "thumos"
+    thumos = args.layout == "thumos"
     return dict(mode=mode, num_snippets=None if thumos else args.num_snippets,
                 snippet_length=args.snippet_length, size=args.size, mean=(0.5,) * 3,
                 std=(0.25,) * 3,
@@ -490,7 +490,7 @@ def windowed(args: argparse.Namespace, dataset: ActivityNetDataset, *, training:
 
     Every video must hold one window: the detector's T is fixed.
     """
-    if getattr(args, "layout", "anet") != "thumos":
+    if args.layout != "thumos":
         return dataset
     short = [(dataset.videos[i].video_id, dataset.num_snippets_of(i)) for i in range(len(dataset))
              if dataset.num_snippets_of(i) < args.window]  # fmt: skip
@@ -638,7 +638,7 @@ def evaluate(
     ``video_accuracy`` entry); its detections are shifted to video time by the window's offset
     and the windows of a video merged (soft-NMS per class); mAP is at tIoU 0.3:0.1:0.7.
     """
-    thumos = getattr(args, "layout", "anet") == "thumos"
+    thumos = args.layout == "thumos"
     items = windowed(args, dataset, training=False)
     # per video, the detections of each of its windows (one "window" per video for anet)
     results: dict[str, list[list[dict[str, Any]]]] = {}
