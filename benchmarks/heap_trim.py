@@ -2,7 +2,7 @@
 
 Runs a few SGS iterations of a real backbone (random init) in a fresh process per setting and
 prints the growth of the peak RSS after each iteration, with ``release_cpu_memory`` on (the
-default: :func:`sgs_tad.heap.release_cpu_heap` after each phase and phase-3 micro-batch) and
+default: :func:`sgs_tad.engine.heap.release_cpu_heap` after each phase and phase-3 micro-batch) and
 off::
 
     python benchmarks/heap_trim.py                    # TSM-R50, N = 16, K = 4, γ = 0.3

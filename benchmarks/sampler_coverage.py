@@ -35,7 +35,7 @@ import torch
 from sgs_tad import SequentializedGradientSampler
 from sgs_tad.data import ActivityNetDataset, generate_synthetic_dataset, synthetic_video_dir
 from sgs_tad.encoders import build_encoder
-from sgs_tad.microbatch import num_sampled
+from sgs_tad.engine.microbatch import num_sampled
 from sgs_tad.samplers import make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]

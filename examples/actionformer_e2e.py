@@ -6,7 +6,7 @@ package) and wraps its unmodified ``PtTransformer`` ("LocPointTransformer"). The
 three pieces, marked GLUE below:
 
 1. ActionFormer's ``model(video_list)`` takes a list of dicts with ``"feats"`` ``[C, T_i]``
-   and the targets, and returns a loss dict: :func:`sgs_tad.adapters.video_list_step`
+   and the targets, and returns a loss dict: :func:`sgs_tad.training.adapters.video_list_step`
    builds that list from the SGS features ``[B, N_max, C]``; the trainer back-propagates
    ``"final_loss"``.
 2. ActionFormer pads the batch in ``preprocessing``, under ``@torch.no_grad()`` and by
@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from sgs_tad import SequentializedGradientSampler
-from sgs_tad.adapters import video_list_step
 from sgs_tad.encoders import build_encoder
-from sgs_tad.optimization import adamw, step_decay
-from sgs_tad.trainer import SGSTrainer
+from sgs_tad.training.adapters import video_list_step
+from sgs_tad.training.optimization import adamw, step_decay
+from sgs_tad.training.trainer import SGSTrainer
 
 try:  # ActionFormer's package, from its repository on PYTHONPATH
     from libs.core.config import DEFAULTS, load_config

@@ -47,7 +47,6 @@ from etad.detector import CLASS_HEADS, FEATURE_NORMS, Detector
 from etad.plots import plot_predictions
 from pretrain_encoder import PretrainConfig, default_checkpoint, pretrain_encoder
 from sgs_tad import EndToEnd, Engine, SequentializedGradientSampler, SGSTrainer, StepInfo
-from sgs_tad.callbacks import Callback, GradientStats
 from sgs_tad.data import (
     ActivityNetDataset,
     VideoSample,
@@ -59,17 +58,23 @@ from sgs_tad.data import (
 )
 from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
 from sgs_tad.data.video import probe_media
-from sgs_tad.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S, barrier, init_distributed
+from sgs_tad.detection.postprocess import merge_window_detections
 from sgs_tad.encoders import ENCODERS, build_encoder, freeze_encoder
+from sgs_tad.engine.sources import NonFiniteSnippetsError
 from sgs_tad.evaluation import (
     ACTIVITYNET_TIOU_THRESHOLDS,
     THUMOS_TIOU_THRESHOLDS,
     evaluate_detection,
     format_results,
 )
-from sgs_tad.optimization import adamw, step_decay, warmup_cosine
-from sgs_tad.postprocess import merge_window_detections
-from sgs_tad.sources import NonFiniteSnippetsError
+from sgs_tad.training.callbacks import Callback, GradientStats
+from sgs_tad.training.distributed import (
+    DDP_TIMEOUT_ENV,
+    DEFAULT_DDP_TIMEOUT_S,
+    barrier,
+    init_distributed,
+)
+from sgs_tad.training.optimization import adamw, step_decay, warmup_cosine
 
 log = logging.getLogger("etad_anet")
 

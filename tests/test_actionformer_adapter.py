@@ -11,9 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from sgs_tad import SequentializedGradientSampler, StepInfo
-from sgs_tad.adapters import enable_grad, snippet_lengths, video_list_step
-from sgs_tad.callbacks import Callback
-from sgs_tad.trainer import SGSTrainer
+from sgs_tad.training.adapters import enable_grad, snippet_lengths, video_list_step
+from sgs_tad.training.callbacks import Callback
+from sgs_tad.training.trainer import SGSTrainer
 
 C, MAX_LEN, CLASSES = 8, 16, 3
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgs_tad.batches import check_batch, collate_videos, count_snippets, count_videos
-from sgs_tad.sources import TensorSource
+from sgs_tad.engine.sources import TensorSource
+from sgs_tad.training.batches import check_batch, collate_videos, count_snippets, count_videos
 
 
 def test_collate_keeps_one_entry_per_video_without_padding():
@@ -43,7 +43,7 @@ def test_check_batch():
 
 
 def test_make_loader_shards_datasets_and_passes_iterables_through():
-    from sgs_tad.batches import make_loader
+    from sgs_tad.training.batches import make_loader
 
     items = [{"snippets": torch.zeros(2 + i, 1)} for i in range(5)]
     loader, sampler = make_loader(items, seed=0, batch_size=2, shuffle=False)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sgs_tad.checkpoint import (
+from sgs_tad.engine.rng import capture_global_rng_state, restore_global_rng_state
+from sgs_tad.training.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_save,
@@ -18,7 +19,6 @@ from sgs_tad.checkpoint import (
     model_fingerprint,
     parameter_shapes,
 )
-from sgs_tad.rng import capture_global_rng_state, restore_global_rng_state
 
 
 def test_atomic_save_round_trip_leaves_no_temporary_files(tmp_path):

@@ -20,7 +20,7 @@ from sgs_tad.data import (
     synthetic_video_dir,
 )
 from sgs_tad.data.synthetic import _encode
-from sgs_tad.sources import SnippetSource
+from sgs_tad.engine.sources import SnippetSource
 
 KW = dict(num_snippets=8, snippet_length=4, size=24)
 
@@ -217,7 +217,7 @@ def test_ids_inside_the_root_still_work_through_a_symlinked_root(escaping, tmp_p
 
 
 def test_a_corrupt_video_raises_snippet_read_error_naming_id_and_file(synth, tmp_path):
-    from sgs_tad.sources import SnippetReadError
+    from sgs_tad.engine.sources import SnippetReadError
 
     root = tmp_path / "videos"
     shutil.copytree(synthetic_video_dir(synth), root)
@@ -234,7 +234,7 @@ def test_a_corrupt_video_raises_snippet_read_error_naming_id_and_file(synth, tmp
 
 
 def test_nonfinite_features_name_the_video(synth, tmp_path):
-    from sgs_tad.sources import NonFiniteSnippetsError
+    from sgs_tad.engine.sources import NonFiniteSnippetsError
 
     ann = load_annotations(synth)
     for v in ann.videos:

@@ -15,7 +15,7 @@ from sgs_tad.data import (
     sliding_windows,
     window_sample,
 )
-from sgs_tad.sources import TensorSource
+from sgs_tad.engine.sources import TensorSource
 
 
 def test_sliding_windows_cover_every_snippet():

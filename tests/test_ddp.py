@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sgs_tad import SequentializedGradientSampler
-from sgs_tad.optimization import adamw, step_decay
-from sgs_tad.trainer import SGSTrainer
+from sgs_tad.training.optimization import adamw, step_decay
+from sgs_tad.training.trainer import SGSTrainer
 
 pytestmark = pytest.mark.ddp
 
@@ -165,7 +165,7 @@ def test_two_gloo_ranks_match_a_single_process_reference(tmp_path):
     # The long-only branch did train (its gradient came from rank 1 alone).
     assert not torch.equal(expected["long_branch.weight"], make_models(0)[1].long_branch.weight)
 
-    from sgs_tad.checkpoint import CheckpointManager
+    from sgs_tad.training.checkpoint import CheckpointManager
 
     state, _ = CheckpointManager(tmp_path / "ckpt").load_latest()
     assert state["world_size"] == 2 and len(state["per_rank"]) == 2

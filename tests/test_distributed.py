@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgs_tad.distributed import (
+from sgs_tad.training.distributed import (
     GradientReducer,
     ShardedSampler,
     broadcast_module_states,
@@ -70,7 +70,11 @@ def test_sharded_sampler_order_depends_on_seed_and_epoch_and_skips():
 def test_ddp_timeout_comes_from_the_argument_the_environment_or_the_default(monkeypatch):
     import datetime
 
-    from sgs_tad.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S, resolve_ddp_timeout
+    from sgs_tad.training.distributed import (
+        DDP_TIMEOUT_ENV,
+        DEFAULT_DDP_TIMEOUT_S,
+        resolve_ddp_timeout,
+    )
 
     monkeypatch.delenv(DDP_TIMEOUT_ENV, raising=False)
     assert resolve_ddp_timeout().total_seconds() == DEFAULT_DDP_TIMEOUT_S
@@ -86,7 +90,7 @@ def test_ddp_timeout_comes_from_the_argument_the_environment_or_the_default(monk
 
 
 def test_init_distributed_without_torchrun_is_a_no_op(monkeypatch):
-    from sgs_tad.distributed import init_distributed
+    from sgs_tad.training.distributed import init_distributed
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed(timeout=3) == (0, 1)
@@ -98,7 +102,7 @@ def _stuck_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
     import os
     import time
 
-    from sgs_tad.distributed import CollectiveError, init_distributed
+    from sgs_tad.training.distributed import CollectiveError, init_distributed
 
     torch.set_num_threads(1)
     init_distributed("gloo", timeout=3, init_method=f"file://{init_file}", rank=rank,

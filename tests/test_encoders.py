@@ -28,7 +28,7 @@ from sgs_tad.encoders import (
 )
 from sgs_tad.encoders.checkpoints import convert_state_dict
 from sgs_tad.encoders.r2plus1d import midplanes
-from sgs_tad.norm import FrozenBatchNorm, training_batchnorms
+from sgs_tad.engine.norm import FrozenBatchNorm, training_batchnorms
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 SMALL_INPUT = (3, 4, 32, 32)  # [3, L, H, W] of one snippet for the big models
@@ -493,7 +493,7 @@ def test_docstring_examples_run(module: str) -> None:
 @pytest.mark.parametrize("name", ["small3d", "tsm_r50"])
 def test_sgs_at_ratio_one_gives_the_end_to_end_gradient(name: str) -> None:
     """The encoders are what SGS needs: per-snippet, deterministic, frozen BN where there is BN."""
-    from sgs_tad.sgs import SequentializedGradientSampler
+    from sgs_tad.engine.sgs import SequentializedGradientSampler
 
     if name == "small3d":
         enc: VideoEncoder = Small3DCNN(widths=(8, 16, 32)).train()  # GroupNorm: no freezing

@@ -16,7 +16,7 @@ from etad import ETAD, ETADConfig, ETADPrediction, to_detections
 from etad.config import ProposalStrategy
 from etad.modules import StageOutput
 from etad.targets import encode_offsets
-from sgs_tad.proposals import PROPOSAL_STRATEGIES, ProposalMap, sample_proposals
+from sgs_tad.detection.proposals import PROPOSAL_STRATEGIES, ProposalMap, sample_proposals
 
 T = 16
 
@@ -201,7 +201,7 @@ def test_detector_trains_on_random_features_with_aps():
 
 def test_with_sgs_at_ratio_one_matches_end_to_end():
     # the detector as SGS's loss: [B, N, C] features transposed to [B, C, T]
-    from sgs_tad.sgs import SequentializedGradientSampler
+    from sgs_tad.engine.sgs import SequentializedGradientSampler
 
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 32))

@@ -8,7 +8,7 @@ from torch import nn
 
 from sgs_tad import SnippetMixingError, check_snippet_independence, freeze_norm_layers
 from sgs_tad.encoders import build_encoder, freeze_encoder
-from sgs_tad.independence import IndependenceReport
+from sgs_tad.engine.independence import IndependenceReport
 
 
 @pytest.fixture(autouse=True)

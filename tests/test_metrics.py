@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from sgs_tad.metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
+from sgs_tad.training.metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
 
 
 def test_jsonl_records_are_appended_and_nonfinite_values_stay_readable(tmp_path):

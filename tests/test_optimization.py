@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgs_tad.optimization import (
+from sgs_tad.training.optimization import (
     default_optimizer,
     default_scheduler,
     trainable_parameters,

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from sgs_tad.evaluation import evaluate_detection, format_results
-from sgs_tad.postprocess import (
+from sgs_tad.detection.postprocess import (
     average_stages,
     boundary_mask,
     detections_from_proposals,
@@ -20,6 +19,7 @@ from sgs_tad.postprocess import (
     soft_nms,
     to_seconds,
 )
+from sgs_tad.evaluation import evaluate_detection, format_results
 
 
 def test_boundary_mask_by_hand():

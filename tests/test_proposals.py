@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgs_tad.proposals import (
+from sgs_tad.detection.proposals import (
     PROPOSAL_STRATEGIES,
     ProposalMap,
     num_sampled_proposals,

@@ -11,7 +11,7 @@ from torch import nn
 
 import sgs_tad
 from sgs_tad import SequentializedGradientSampler, TensorSource
-from sgs_tad.microbatch import num_sampled
+from sgs_tad.engine.microbatch import num_sampled
 
 
 class Encoder(nn.Module):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sgs_tad import SequentializedGradientSampler, SnippetMixingError, SnippetReadError
-from sgs_tad.microbatch import num_sampled
+from sgs_tad.engine.microbatch import num_sampled
 from sgs_tad.samplers import make_sampler
 from test_sgs import assert_same_grads, end_to_end, grads, loss_of, models
 

@@ -18,9 +18,9 @@ from sgs_tad import (
     freeze_norm_layers,
     freeze_stages,
 )
-from sgs_tad.callbacks import Callback, GradientStats
-from sgs_tad.optimization import adamw, step_decay
-from sgs_tad.trainer import NO_GRAD_FEATURES_MESSAGE, SGSTrainer
+from sgs_tad.training.callbacks import Callback, GradientStats
+from sgs_tad.training.optimization import adamw, step_decay
+from sgs_tad.training.trainer import NO_GRAD_FEATURES_MESSAGE, SGSTrainer
 
 S = (2, 3)  # snippet shape
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from sgs_tad import SequentializedGradientSampler
-from sgs_tad.callbacks import Callback
-from sgs_tad.checkpoint import load_checkpoint
-from sgs_tad.optimization import adamw, step_decay
-from sgs_tad.trainer import SGSTrainer
+from sgs_tad.training.callbacks import Callback
+from sgs_tad.training.checkpoint import load_checkpoint
+from sgs_tad.training.optimization import adamw, step_decay
+from sgs_tad.training.trainer import SGSTrainer
 
 EPOCHS, VIDEOS, BATCH = 3, 8, 2  # 4 steps per epoch, 12 in all
 

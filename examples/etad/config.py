@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 __all__ = ["ETADConfig", "ProposalStrategy"]
 
-#: The APS strategies of ``sgs_tad.proposals.sample_proposals``.
+#: The APS strategies of ``sgs_tad.detection.proposals.sample_proposals``.
 ProposalStrategy = Literal[
     "random", "grid", "block", "fps", "kdpp", "iou_balanced", "scale_balanced"
 ]
@@ -45,7 +45,7 @@ class ETADConfig:
         stage_iou_thresholds: IoU threshold of each cascade stage; its length is the number of
             stages (paper: 0.7, 0.8, 0.9).
         aps_ratio: fraction of the valid proposals sampled per video in training (paper: 6 %).
-        aps_strategy: name of the ``sgs_tad.proposals`` sampler used in training.
+        aps_strategy: name of the ``sgs_tad.detection.proposals`` sampler used in training.
         inference_aps_ratio: if set, sample this fraction with ``grid`` APS at inference
             (App. B.2); ``None`` keeps all proposals.
         inference_chunk: proposals per chunk at inference (bounds peak memory).

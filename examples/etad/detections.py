@@ -1,6 +1,7 @@
 """From an :class:`~etad.model.ETADPrediction` to ActivityNet-format detections (App. A.4).
 
-The glue between the detector and ``sgs_tad.postprocess``: boundary selection on the refined
+The glue between the detector and ``sgs_tad.detection.postprocess``: boundary selection on the
+refined
 (stage-averaged) boxes, the score ``p = p_s * p_e * p_iou`` with ``p_s`` (``p_e``) the
 startness (endness) of the snippet where the box starts (ends), then soft-NMS, optional fusion
 with video-level class scores, and seconds.
@@ -13,7 +14,11 @@ from typing import Any
 
 from torch import Tensor
 
-from sgs_tad.postprocess import detections_from_proposals, proposal_scores, select_by_boundaries
+from sgs_tad.detection.postprocess import (
+    detections_from_proposals,
+    proposal_scores,
+    select_by_boundaries,
+)
 
 from .model import ETADPrediction
 

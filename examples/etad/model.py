@@ -24,7 +24,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from sgs_tad.proposals import ProposalMap, proposal_descriptors, sample_proposals
+from sgs_tad.detection.proposals import ProposalMap, proposal_descriptors, sample_proposals
 
 from .config import ETADConfig
 from .losses import balanced_bce, balanced_l2, offset_loss, sampled_bce
@@ -33,7 +33,8 @@ from .targets import boundary_labels, decode_offsets, encode_offsets, segment_io
 
 __all__ = ["ETAD", "ETADPrediction"]
 
-#: APS strategies that need per-proposal features (``sgs_tad.proposals.proposal_descriptors``).
+#: APS strategies that need per-proposal features
+#: (``sgs_tad.detection.proposals.proposal_descriptors``).
 FEATURE_GUIDED = ("fps", "kdpp")
 #: Shortest box (normalised) a refinement may produce; shorter or reversed boxes are repaired.
 MIN_LENGTH = 1e-4
@@ -347,5 +348,6 @@ def _batched_iou(segments: Tensor, gts: Tensor) -> Tensor:
 
 
 def _snippet_index(points: Tensor, temporal_scale: int) -> Tensor:
-    """Snippet ``floor(x * T)`` (clipped) of normalised times, as ``sgs_tad.postprocess``."""
+    """Snippet ``floor(x * T)`` (clipped) of normalised times, as
+    ``sgs_tad.detection.postprocess``."""
     return (points * temporal_scale).floor().long().clamp(0, temporal_scale - 1)

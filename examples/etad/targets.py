@@ -1,7 +1,7 @@
 """Training targets from ground truth, and the two box parametrisations of the refinement.
 
 All segments are normalised to the video, ``[start, end]`` with snippet ``i`` of ``T`` covering
-``[i/T, (i+1)/T]``, the convention of ``sgs_tad.proposals.ProposalMap.coords``.
+``[i/T, (i+1)/T]``, the convention of ``sgs_tad.detection.proposals.ProposalMap.coords``.
 """
 
 from __future__ import annotations

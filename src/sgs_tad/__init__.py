@@ -1,19 +1,25 @@
 """sgs_tad: end-to-end temporal action detection with Sequentialized Gradient Sampling.
 
 The public names most users need are re-exported here; everything else lives in the module
-named after its concept (``sgs_tad.samplers``, ``sgs_tad.proposals``, ``sgs_tad.norm`` …).
+named after its concept (``sgs_tad.samplers``, ``sgs_tad.detection.proposals``,
+``sgs_tad.engine.norm`` …).
 """
 
-from .engine import EndToEnd, Engine
-from .independence import SnippetMixingError, check_snippet_independence
-from .norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
-from .phase import is_encoding, is_recomputing
-from .proposals import ProposalMap, sample_proposals
-from .samplers import make_sampler
-from .sgs import SequentializedGradientSampler
-from .sources import NonFiniteSnippetsError, SnippetReadError, SnippetSource, TensorSource
-from .steps import StepInfo
-from .trainer import SGSTrainer
+from sgs_tad.detection.proposals import ProposalMap, sample_proposals
+from sgs_tad.engine.base import EndToEnd, Engine
+from sgs_tad.engine.independence import SnippetMixingError, check_snippet_independence
+from sgs_tad.engine.norm import FrozenBatchNorm, freeze_norm_layers, freeze_stages
+from sgs_tad.engine.phase import is_encoding, is_recomputing
+from sgs_tad.engine.sgs import SequentializedGradientSampler
+from sgs_tad.engine.sources import (
+    NonFiniteSnippetsError,
+    SnippetReadError,
+    SnippetSource,
+    TensorSource,
+)
+from sgs_tad.samplers import make_sampler
+from sgs_tad.training.steps import StepInfo
+from sgs_tad.training.trainer import SGSTrainer
 
 __all__ = [
     "EndToEnd",

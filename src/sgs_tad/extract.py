@@ -24,7 +24,7 @@ file, 1 when some failed, 2 for bad arguments.
 Example:
     >>> import tempfile, torch
     >>> from torch import nn
-    >>> from sgs_tad.sources import TensorSource
+    >>> from sgs_tad.engine.sources import TensorSource
     >>> out = tempfile.mkdtemp()
     >>> enc = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
     >>> summary = extract_features(enc, {"a": TensorSource(torch.randn(5, 6))}, out,
@@ -50,14 +50,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.annotations import load_annotations
-from .data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
-from .data.video import VIDEO_EXTENSIONS, find_media, probe_media
-from .encoders import ENCODERS, build_encoder
-from .metrics import ProgressBar
-from .norm import freeze_norm_layers
-from .sgs import SequentializedGradientSampler
-from .sources import SnippetSource
+from sgs_tad.data.annotations import load_annotations
+from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_indices
+from sgs_tad.data.video import VIDEO_EXTENSIONS, find_media, probe_media
+from sgs_tad.encoders import ENCODERS, build_encoder
+from sgs_tad.engine.norm import freeze_norm_layers
+from sgs_tad.engine.sgs import SequentializedGradientSampler
+from sgs_tad.engine.sources import SnippetSource
+from sgs_tad.training.metrics import ProgressBar
 
 __all__ = [
     "SnippetOptions",
@@ -271,7 +271,7 @@ def extract_features(
         encoder: Maps snippets ``[M, *S]`` to ``[M, C]`` (or to what ``pool`` turns into it);
             it should already be on ``device``.
         videos: ``{video_id: input}``, the input a video file, a frame folder or a
-            :class:`~sgs_tad.sources.SnippetSource` (see :func:`videos_from_annotations` and
+            :class:`~sgs_tad.engine.sources.SnippetSource` (see :func:`videos_from_annotations` and
             :func:`videos_in_folder`).
         output_dir: Where the files go (created if needed).
         snippets: How files become snippets (ignored for snippet sources). Default: the main

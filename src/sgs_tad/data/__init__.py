@@ -4,10 +4,21 @@ PyAV and Pillow (``pip install 'sgs_tad[video]'``) are needed to read or generat
 frame folders; annotations and ``.npy`` features need neither.
 """
 
-from .annotations import AnnotationSet, VideoAnnotation, load_annotations, parse_annotations
-from .dataset import ActivityNetDataset, VideoBatch, VideoSample, collate_samples
-from .snippets import CropBox, MediaSnippetSource, SliceSource, draw_crop, snippet_frame_indices
-from .synthetic import (
+from sgs_tad.data.annotations import (
+    AnnotationSet,
+    VideoAnnotation,
+    load_annotations,
+    parse_annotations,
+)
+from sgs_tad.data.dataset import ActivityNetDataset, VideoBatch, VideoSample, collate_samples
+from sgs_tad.data.snippets import (
+    CropBox,
+    MediaSnippetSource,
+    SliceSource,
+    draw_crop,
+    snippet_frame_indices,
+)
+from sgs_tad.data.synthetic import (
     CLIP_CLASSES,
     SYNTHETIC_CLASSES,
     generate_synthetic_clips,
@@ -15,7 +26,7 @@ from .synthetic import (
     read_synthetic_clips,
     synthetic_video_dir,
 )
-from .windows import WindowedDataset, sliding_windows, window_sample
+from sgs_tad.data.windows import WindowedDataset, sliding_windows, window_sample
 
 __all__ = [
     "CLIP_CLASSES",

@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..sources import NonFiniteSnippetsError, SnippetSource, TensorSource
-from .annotations import AnnotationSet, VideoAnnotation, load_annotations
-from .snippets import (
+from sgs_tad.data.annotations import AnnotationSet, VideoAnnotation, load_annotations
+from sgs_tad.data.snippets import (
     DEFAULT_DECODE_CACHE_BYTES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,7 +37,8 @@ from .snippets import (
     draw_crop,
     snippet_frame_indices,
 )
-from .video import MediaInfo, find_media, load_features, probe_media
+from sgs_tad.data.video import MediaInfo, find_media, load_features, probe_media
+from sgs_tad.engine.sources import NonFiniteSnippetsError, SnippetSource, TensorSource
 
 __all__ = [
     "ActivityNetDataset",

@@ -23,8 +23,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..sources import SnippetReadError, SnippetSource
-from .video import decode_video_frames, decoder_errors, list_frame_files, read_frame_files
+from sgs_tad.data.video import (
+    decode_video_frames,
+    decoder_errors,
+    list_frame_files,
+    read_frame_files,
+)
+from sgs_tad.engine.sources import SnippetReadError, SnippetSource
 
 __all__ = [
     "DEFAULT_DECODE_CACHE_BYTES",
@@ -168,7 +173,7 @@ DEFAULT_DECODE_CACHE_BYTES = 256 * 2**20
 
 
 class MediaSnippetSource:
-    """A :class:`~sgs_tad.sources.SnippetSource` that decodes snippets of a file on demand.
+    """A :class:`~sgs_tad.engine.sources.SnippetSource` that decodes snippets of a file on demand.
 
     Args:
         path: Video file (``kind="video"``, PyAV) or frame folder (``kind="frames"``, Pillow).
@@ -192,7 +197,7 @@ class MediaSnippetSource:
 
     A file that fails to decode (corrupt content behind a valid header, a truncated file, a
     file removed since the data set was built) raises
-    :class:`~sgs_tad.sources.SnippetReadError` naming the video id and the file, chained to
+    :class:`~sgs_tad.engine.sources.SnippetReadError` naming the video id and the file, chained to
     the decoder's error; the trainer's ``on_bad_video="skip"`` then skips and counts it.
     """
 

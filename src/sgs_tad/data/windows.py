@@ -16,8 +16,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from .dataset import VideoSample
-from .snippets import SliceSource
+from sgs_tad.data.dataset import VideoSample
+from sgs_tad.data.snippets import SliceSource
 
 __all__ = ["WindowedDataset", "sliding_windows", "window_sample"]
 

@@ -34,7 +34,7 @@ from sgs_tad.encoders.checkpoints import Layout, LoadReport, load_pretrained, re
 from sgs_tad.encoders.r2plus1d import R2Plus1D34
 from sgs_tad.encoders.small3d import Small3DCNN
 from sgs_tad.encoders.tsm import TSMResNet50, temporal_shift
-from sgs_tad.norm import freeze_norm_layers, freeze_stages
+from sgs_tad.engine.norm import freeze_norm_layers, freeze_stages
 
 __all__ = [
     "ENCODERS",
@@ -114,7 +114,8 @@ def freeze_encoder(
         encoder: An encoder of this package.
         frozen_stages: As mmaction2's ``frozen_stages`` (used by the ETAD configs): -1 freezes
             nothing, 0 the stem, k the stem and residual stages 1..k. The paper uses 2.
-        freeze_norm: Replace every BatchNorm by :class:`sgs_tad.norm.FrozenBatchNorm`, which is
+        freeze_norm: Replace every BatchNorm by :class:`sgs_tad.engine.norm.FrozenBatchNorm`,
+        which is
             what makes SGS exact for TSM and R(2+1)D. GroupNorm (small3d) is left as it is.
 
     Returns:
@@ -123,8 +124,8 @@ def freeze_encoder(
     if not isinstance(encoder, VideoEncoder):
         raise TypeError(
             f"freeze_encoder expects an encoder of sgs_tad.encoders, got "
-            f"{type(encoder).__name__}; for other modules use sgs_tad.norm.freeze_stages and "
-            "freeze_norm_layers directly."
+            f"{type(encoder).__name__}; for other modules use sgs_tad.freeze_stages and "
+            "sgs_tad.freeze_norm_layers directly."
         )
     prefixes = encoder.stage_prefixes(frozen_stages)
     # A BatchNorm already replaced by FrozenBatchNorm has no parameters left to freeze.

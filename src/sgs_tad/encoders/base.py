@@ -4,7 +4,7 @@ An encoder maps a batch of M snippets ``[M, 3, L, H, W]`` (channels, frames, hei
 one feature vector per snippet, ``[M, C]``: the feature map before the classification head,
 averaged over time and space (paper §3.1). Each snippet is encoded independently of the others
 in the batch, so the SGS engine can split the M snippets into micro-batches of any size and get
-the same features, provided no normalisation layer mixes samples (see :mod:`sgs_tad.norm`).
+the same features, provided no normalisation layer mixes samples (see :mod:`sgs_tad.engine.norm`).
 
 Stages are numbered like mmaction2's ``frozen_stages`` (which the ETAD configs use): stage 0 is
 the stem, stages 1..4 are the residual stages ``layer1``..``layer4``.
@@ -41,7 +41,7 @@ class VideoEncoder(nn.Module):
                 use 2.
 
         Returns:
-            Names to pass to :func:`sgs_tad.norm.freeze_stages`.
+            Names to pass to :func:`sgs_tad.engine.norm.freeze_stages`.
         """
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
             raise TypeError(

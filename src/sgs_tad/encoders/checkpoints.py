@@ -30,7 +30,7 @@ In every layout a leading ``module.`` (DataParallel / DDP) and ``backbone.`` (mm
 recognisers) are stripped first. Classification heads and preprocessing buffers (``fc``,
 ``new_fc``, ``fc1``, ``fc2``, ``cls_head``, ``data_preprocessor``) are ignored: the encoders stop
 before the head (paper §3.1). ``num_batches_tracked`` buffers are optional in both directions, so a
-checkpoint loads into an encoder before or after :func:`sgs_tad.norm.freeze_norm_layers`.
+checkpoint loads into an encoder before or after :func:`sgs_tad.engine.norm.freeze_norm_layers`.
 
 Not supported: mmaction2's own R(2+1)D (``conv_s``/``conv_t`` naming), torchvision's
 ``r2plus1d_18`` weights (its hidden widths differ from the per-convolution formula used here) and

@@ -9,7 +9,7 @@ dicts or JSON paths, without pandas. From a shell::
 See ``docs/evaluation.md`` for where we deliberately differ on malformed input.
 """
 
-from .detection import (
+from sgs_tad.evaluation.detection import (
     ACTIVITYNET_TIOU_THRESHOLDS,
     THUMOS_TIOU_THRESHOLDS,
     DetectionResult,
@@ -17,7 +17,7 @@ from .detection import (
     evaluate_detection,
     interpolated_average_precision,
 )
-from .formats import EvaluationWarning, format_results, load_json
+from sgs_tad.evaluation.formats import EvaluationWarning, format_results, load_json
 
 __all__ = [
     "ACTIVITYNET_TIOU_THRESHOLDS",

@@ -12,8 +12,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .detection import default_tiou_thresholds, evaluate_detection
-from .formats import EvaluationWarning
+from sgs_tad.evaluation.detection import default_tiou_thresholds, evaluate_detection
+from sgs_tad.evaluation.formats import EvaluationWarning
 
 __all__ = ["main"]
 

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .formats import GroundTruth, JsonSource, Predictions, load_json
-from .formats import parse_ground_truth as _parse_ground_truth
-from .formats import parse_predictions as _parse_predictions
+from sgs_tad.evaluation.formats import GroundTruth, JsonSource, Predictions, load_json
+from sgs_tad.evaluation.formats import parse_ground_truth as _parse_ground_truth
+from sgs_tad.evaluation.formats import parse_predictions as _parse_predictions
 
 __all__ = [
     "ACTIVITYNET_TIOU_THRESHOLDS",

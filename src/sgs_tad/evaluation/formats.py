@@ -86,7 +86,8 @@ def format_results(
 
     Args:
         detections: ``{video_id: [{"segment": [t0, t1], "label": str, "score": float}, ...]}``,
-            e.g. the lists returned by :func:`sgs_tad.postprocess.detections_from_proposals`.
+            e.g. the lists returned by
+            :func:`sgs_tad.detection.postprocess.detections_from_proposals`.
         version: the ``version`` field of the file.
         external_data: the ``external_data`` field (the challenge asks which extra data was
             used); empty by default.

@@ -16,7 +16,7 @@ kdpp       exact k-DPP with the cosine-similarity kernel       yes
 =========  ==================================================  =================
 
 The label-guided strategies of §3.5 (``iou_balanced``, ``scale_balanced``) need ground truth
-and exist for proposals only: see :func:`sgs_tad.proposals.sample_proposals`.
+and exist for proposals only: see :func:`sgs_tad.detection.proposals.sample_proposals`.
 
 Example:
     >>> import torch
@@ -31,10 +31,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import Sampler
-from .fps import FPSSampler, farthest_point_sampling
-from .heuristic import BlockSampler, GridSampler, RandomSampler
-from .kdpp import KDPPSampler, sample_kdpp
+from sgs_tad.samplers.base import Sampler
+from sgs_tad.samplers.fps import FPSSampler, farthest_point_sampling
+from sgs_tad.samplers.heuristic import BlockSampler, GridSampler, RandomSampler
+from sgs_tad.samplers.kdpp import KDPPSampler, sample_kdpp
 
 __all__ = [
     "BlockSampler",

@@ -1,6 +1,7 @@
 """Balanced sampling over bins: the engine of the label-guided strategies (§3.5).
 
-``iou_balanced`` and ``scale_balanced`` (see :func:`sgs_tad.proposals.sample_proposals`) put
+``iou_balanced`` and ``scale_balanced`` (see :func:`sgs_tad.detection.proposals.sample_proposals`)
+put
 every proposal in one of three bins and draw equal counts from each.
 
 Example:
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import check_request
+from sgs_tad.samplers.base import check_request
 
 __all__ = ["balanced_counts", "balanced_sample"]
 

@@ -28,7 +28,7 @@ __all__ = ["Sampler", "check_features", "check_request", "random_seed"]
 
 @runtime_checkable
 class Sampler(Protocol):
-    """What the engine and :func:`~sgs_tad.proposals.sample_proposals` call.
+    """What the engine and :func:`~sgs_tad.detection.proposals.sample_proposals` call.
 
     Attributes:
         requires_features: ``True`` when the sampler needs ``features`` ``[num_items, C]``.
@@ -86,7 +86,7 @@ def check_features(features: torch.Tensor | None, num_items: int, who: str) -> t
     if features is None:
         raise ValueError(
             f"the {who!r} sampler is feature-guided: pass features=[num_items, C] "
-            "(for proposals, see sgs_tad.proposals.proposal_descriptors)."
+            "(for proposals, see sgs_tad.detection.proposals.proposal_descriptors)."
         )
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
         raise TypeError(

@@ -47,7 +47,7 @@ from typing import Literal
 
 import torch
 
-from .base import check_features, check_request
+from sgs_tad.samplers.base import check_features, check_request
 
 __all__ = ["FPSSampler", "farthest_point_sampling", "has_torch_cluster"]
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from .base import check_request
+from sgs_tad.samplers.base import check_request
 
 __all__ = ["BlockSampler", "GridSampler", "RandomSampler"]
 

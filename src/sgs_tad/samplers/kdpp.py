@@ -54,8 +54,8 @@ from typing import Literal
 
 import torch
 
-from .base import check_features, check_request, random_seed
-from .projection_dpp import sample_projection_dpp
+from sgs_tad.samplers.base import check_features, check_request, random_seed
+from sgs_tad.samplers.projection_dpp import sample_projection_dpp
 
 __all__ = ["KDPPSampler", "kdpp_spectrum", "log_elementary_symmetric", "sample_kdpp"]
 

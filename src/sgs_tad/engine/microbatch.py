@@ -2,7 +2,8 @@
 
 A *slot* is one snippet of one video: ``(video, index)``. A plan is an order of slots cut into
 consecutive micro-batches; for each micro-batch the engine asks every video's
-:class:`~sgs_tad.sources.SnippetSource` only for its own snippets. Features are written back to
+:class:`~sgs_tad.engine.sources.SnippetSource` only for its own snippets. Features are written
+back to
 their ``[B, N_max]`` position, so the order in which the encoder saw the snippets never leaks
 into the result.
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sources import SnippetSource, TensorSource
+from sgs_tad.engine.sources import SnippetSource, TensorSource
 
 __all__ = [
     "EncodePlan",

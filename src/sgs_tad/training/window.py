@@ -4,7 +4,7 @@ Iterations add their gradients into ``.grad`` and their losses into a :class:`St
 :func:`take_optimizer_step` then does, once per window, what every rank must do together:
 
 1. one all-reduce of the window's flags and counters (non-finite, stop request, loss sum,
-   loss count) and of the gradients (:class:`~sgs_tad.distributed.GradientReducer`);
+   loss count) and of the gradients (:class:`~sgs_tad.training.distributed.GradientReducer`);
 2. divide the gradients by the window's own length (a window cut short by the end of an epoch
    or of an iterable is a mean over its own iterations, not over ``accumulation_steps``);
 3. unscale (fp16), clip or measure the global norm, step, check the weights are finite;
@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .policies import check_finite_parameters, clip_or_measure
+from sgs_tad.training.policies import check_finite_parameters, clip_or_measure
 
 if TYPE_CHECKING:
-    from .trainer import SGSTrainer
+    from sgs_tad.training.trainer import SGSTrainer
 
 __all__ = ["StepWindow", "take_optimizer_step"]
 

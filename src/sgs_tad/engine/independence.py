@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from .microbatch import EncoderOutputError, check_features
+from sgs_tad.engine.microbatch import EncoderOutputError, check_features
 
 __all__ = ["IndependenceReport", "SnippetMixingError", "check_snippet_independence"]
 

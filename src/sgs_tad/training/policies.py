@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .engine import Engine
+from sgs_tad.engine.base import Engine
 
 __all__ = [
     "SkipCounter",

@@ -1,4 +1,5 @@
-"""Atomic, verified training checkpoints (the random states they hold live in :mod:`sgs_tad.rng`).
+"""Atomic, verified training checkpoints (the random states they hold live in
+:mod:`sgs_tad.engine.rng`).
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk
 (``fsync``) and renamed over its final name, so a crash or a SIGKILL mid-write never leaves a
@@ -301,7 +302,7 @@ def check_resumable(
             names the first differing entries); or written with another world size while
             ``strict_world_size``.
     """
-    if state.get("format") != "sgs_tad.trainer":
+    if state.get("format") != "sgs_tad.training.trainer":
         raise ValueError(
             f"{source} is not an SGSTrainer checkpoint (format={state.get('format')!r})."
         )

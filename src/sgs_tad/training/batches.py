@@ -1,8 +1,8 @@
-"""The batch contract of :class:`~sgs_tad.trainer.SGSTrainer` and its collate function.
+"""The batch contract of :class:`~sgs_tad.training.trainer.SGSTrainer` and its collate function.
 
 A batch is a mapping with one required key, ``"snippets"``, holding what the engine
 encodes: a tensor ``[B, N, *S]``, a list of per-video tensors ``[N_i, *S]`` (videos of
-different lengths), or a list of :class:`~sgs_tad.sources.SnippetSource`. Every other key is
+different lengths), or a list of :class:`~sgs_tad.engine.sources.SnippetSource`. Every other key is
 passed through untouched to the detector step (targets, video ids, durations, ...).
 
 A dataset item is a mapping with the same keys for one video (``"snippets"`` being
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from .distributed import ShardedSampler
+from sgs_tad.training.distributed import ShardedSampler
 
 __all__ = [
     "SNIPPETS_KEY",
@@ -47,7 +47,7 @@ def collate_videos(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
     Args:
         items: dataset items, each a mapping with ``"snippets"`` (``[N_i, *S]`` or a
-            :class:`~sgs_tad.sources.SnippetSource`) and the same other keys.
+            :class:`~sgs_tad.engine.sources.SnippetSource`) and the same other keys.
 
     Returns:
         ``{key: [value of video 0, value of video 1, ...]}``.
@@ -89,7 +89,7 @@ def check_batch(batch: Any, required_keys: Sequence[str] = ()) -> Mapping[str, A
     if not isinstance(batch, Mapping):
         raise TypeError(
             f"a training batch must be a mapping with {SNIPPETS_KEY!r} and the detector's"
-            f" targets; got {type(batch).__name__}. Use collate_fn=sgs_tad.batches."
+            f" targets; got {type(batch).__name__}. Use collate_fn=sgs_tad.training.batches."
             "collate_videos, or return a dict from your collate function."
         )
     for key in (SNIPPETS_KEY, *required_keys):
@@ -137,7 +137,7 @@ def make_loader(
 
     A dataset (anything with ``__len__`` and ``__getitem__`` that is not a ``DataLoader`` or
     a mapping, e.g. a list of per-video items) gets a
-    :class:`~sgs_tad.distributed.ShardedSampler` whose order depends only on ``seed`` and
+    :class:`~sgs_tad.training.distributed.ShardedSampler` whose order depends only on ``seed`` and
     the epoch. Any other iterable is taken as an iterable of batches and returned as it is.
 
     Returns:
@@ -150,7 +150,7 @@ def make_loader(
     if isinstance(data, IterableDataset):
         raise TypeError(
             "an IterableDataset yields items, not batches: wrap it in a DataLoader with"
-            " collate_fn=sgs_tad.batches.collate_videos and pass that."
+            " collate_fn=sgs_tad.training.batches.collate_videos and pass that."
         )
     if (
         hasattr(data, "__getitem__")

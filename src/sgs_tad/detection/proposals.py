@@ -48,8 +48,8 @@ from typing import Any, Literal
 
 import torch
 
-from .samplers import Sampler, make_sampler
-from .samplers.balanced import balanced_sample
+from sgs_tad.samplers import Sampler, make_sampler
+from sgs_tad.samplers.balanced import balanced_sample
 
 __all__ = [
     "PROPOSAL_STRATEGIES",

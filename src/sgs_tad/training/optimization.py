@@ -1,4 +1,5 @@
-"""Optimisers and schedules of :class:`~sgs_tad.trainer.SGSTrainer`: the one place for rates.
+"""Optimisers and schedules of :class:`~sgs_tad.training.trainer.SGSTrainer`: the one place for
+rates.
 
 The trainer takes *factories*: ``optimizer(encoder, detector) -> Optimizer`` and
 ``scheduler(optimizer) -> LRScheduler``, because it builds them on the modules it trains. The

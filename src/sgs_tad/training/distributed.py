@@ -225,7 +225,7 @@ def _missing_ranks(timeout_s: float) -> tuple[list[int] | None, str]:
     if _monitor_group is None:
         return None, (
             "the ranks that did not answer are unknown (join the process group with "
-            "sgs_tad.distributed.init_distributed to have them named)"
+            "sgs_tad.training.distributed.init_distributed to have them named)"
         )
     try:
         dist.monitored_barrier(

@@ -35,16 +35,25 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from . import phase
-from .heap import release_cpu_heap
-from .microbatch import (
+from sgs_tad.engine import phase
+from sgs_tad.engine.checks import (
+    NO_GRAD_FEATURES_MESSAGE,
+    check_norm,
+    check_options,
+    check_same,
+    resolve_sampler,
+)
+from sgs_tad.engine.heap import release_cpu_heap
+from sgs_tad.engine.independence import check_snippet_independence
+from sgs_tad.engine.keep import keep_fits, parse_keep_budget
+from sgs_tad.engine.memory import LiveBytesMeter, SavedBytesMeter
+from sgs_tad.engine.microbatch import (
     EncodePlan,
     MicroBatch,
     as_sources,
@@ -53,9 +62,10 @@ from .microbatch import (
     plan_encode,
     plan_recompute,
 )
-from .norm import training_batchnorms
-from .rng import RNGState, capture_replay_state, replay_rng_state
-from .sources import SnippetSource, TensorSource
+from sgs_tad.engine.records import EncodeRecord, SGSStats, autocast_state
+from sgs_tad.engine.rng import RNGState, capture_replay_state, replay_rng_state
+from sgs_tad.engine.sizing import AutoSizing
+from sgs_tad.engine.sources import SnippetSource, TensorSource
 
 __all__ = ["NO_GRAD_FEATURES_MESSAGE", "SGSStats", "SequentializedGradientSampler"]
 
@@ -64,115 +74,8 @@ logger = logging.getLogger(__name__)
 SnippetInput = Any  # tensor [B, N, *S] | list of tensors [N_i, *S] | list of SnippetSource
 SamplerFn = Callable[..., torch.Tensor]
 
-NO_GRAD_FEATURES_MESSAGE = (
-    "the detector's backward left no gradient on the encoder features (feats.grad is None),"
-    " so the encoder would silently never train. The detector step cut the graph between the"
-    " features and the loss: a .detach()/.data, a numpy round trip, or padding/batching under"
-    " torch.no_grad. ActionFormer does the latter: its PtTransformer.preprocessing pads the"
-    " batch under @torch.no_grad(); replace it on your model by an out-of-place padding that"
-    " keeps the graph (examples/actionformer_e2e.py, docs/guide.md; sgs_tad.adapters."
-    "enable_grad suffices for detectors whose no_grad method works out of place). If a frozen"
-    " encoder is intended, pass ratio=0."
-)
 
-
-AUTO_ENCODE_FACTOR = 8  # encode_batch_size="auto" without a budget: phase-1 calls of 8 K
-AUTO_ENCODE_LIMIT = 1024  # the most snippets "auto" puts in one call
-
-
-@dataclass(frozen=True)
-class KeepBudget:
-    """How much of phase 1's sampled graphs to keep: a number of snippets, or of bytes."""
-
-    snippets: int | None = None
-    bytes: int | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.snippets) or bool(self.bytes)
-
-
-def _parse_keep_budget(value: int | str) -> KeepBudget:
-    if value == "all":
-        return KeepBudget(snippets=2**62)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"keep_graphs must be >= 0 snippets; got {value}.")
-        return KeepBudget(snippets=value)
-    if isinstance(value, str):
-        from .plan import parse_bytes
-
-        try:
-            return KeepBudget(bytes=parse_bytes(value))
-        except ValueError as err:
-            raise ValueError(f"keep_graphs: {err}") from None
-    raise ValueError(
-        f"keep_graphs must be 0 (keep none), a number of snippets, 'all' or a size such as "
-        f"'512MB'; got {value!r}."
-    )
-
-
-@dataclass
-class SGSStats:
-    """Counters of the last phase-1 and phase-3 calls (for logs and tests).
-
-    Attributes:
-        encode_calls: Encoder calls made by the last :meth:`~SequentializedGradientSampler.encode`.
-        recompute_calls: Encoder calls made by the last ``backward``.
-        snippets_encoded: Snippets run through the encoder in phase 1.
-        snippets_recomputed: Snippets re-run with grad in phase 3 (fillers included).
-        snippets_sampled: Snippets whose feature gradient reached the encoder.
-        snippets_kept: Sampled snippets whose phase-1 graph was kept (not recomputed).
-        kept_bytes: Saved-activation bytes of the kept graphs (measured when the budget is
-            in bytes, else 0).
-    """
-
-    encode_calls: int = 0
-    recompute_calls: int = 0
-    snippets_encoded: int = 0
-    snippets_recomputed: int = 0
-    snippets_sampled: int = 0
-    snippets_kept: int = 0
-    kept_bytes: int = 0
-
-
-@dataclass
-class _EncodeRecord:
-    """What phase 1 leaves for phase 3 of the same batch (no activations: see ``encode``)."""
-
-    lengths: list[int]
-    mask: torch.Tensor
-    # Pre-drawn sample (feature-independent samplers): the phase-3 micro-batches are the first
-    # phase-1 micro-batches (plan.sampled), replayed with their RNG states. None: draw later.
-    plan: EncodePlan | None
-    # Pre-drawn sample of an encoder without randomness whose phase 1 ran in larger calls:
-    # phase 3 recomputes it in fresh micro-batches of K (nothing to replay).
-    picks: list[torch.Tensor] | None = None
-    rng_states: list[RNGState | None] = field(default_factory=list)
-    autocast: dict[str, Any] = field(default_factory=dict)
-    # Outputs (with their graphs) of the leading sampled micro-batches kept in phase 1.
-    kept: list[torch.Tensor] = field(default_factory=list)
-
-
-def _autocast_state(device_type: str) -> dict[str, Any]:
-    """The autocast settings in force for ``device_type`` (re-applied in phase 3)."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type)
-    except TypeError:  # torch < 2.4 has per-device functions only
-        if device_type == "cpu":
-            enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-        else:
-            enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-    return {
-        "device_type": device_type,
-        "enabled": enabled,
-        "dtype": dtype,
-        "cache_enabled": torch.is_autocast_cache_enabled(),
-    }
-
-
-class SequentializedGradientSampler:
+class SequentializedGradientSampler(AutoSizing):
     """End-to-end gradients for a video encoder with the memory of K snippets.
 
     Args:
@@ -182,7 +85,7 @@ class SequentializedGradientSampler:
         micro_batch_size: K, snippets per encoder call with grad (phase 3), packed across
             videos. Peak encoder memory is that of K snippets' saved activations. ``"auto"``
             measures one snippet's saved-activation and workspace bytes with a probe
-            (:func:`sgs_tad.plan.measure_snippet_cost`) on the first batch and takes the
+            (:func:`sgs_tad.engine.memory.measure_snippet_cost`) on the first batch and takes the
             largest K whose activations fit ``memory_budget``; the choice is logged and kept
             in :attr:`auto_choice`.
         memory_budget: Bytes (an int, or a size such as ``"2GB"``) that one micro-batch's
@@ -215,7 +118,8 @@ class SequentializedGradientSampler:
             thread-safe for one reader at a time, as the :class:`SnippetSource` contract
             already requires determinism.
         ratio: γ ∈ [0, 1], fraction of each video's snippets whose feature gradient is
-            back-propagated into the encoder; see :func:`~sgs_tad.microbatch.num_sampled` for
+            back-propagated into the encoder; see :func:`~sgs_tad.engine.microbatch.num_sampled`
+            for
             the exact count. 0 means a frozen encoder: phase 3 does nothing.
         sampler: Snippet sampler, a name for :func:`sgs_tad.samplers.make_sampler` or a
             callable ``sampler(num_items, num_samples, *, features=None, generator=None)``.
@@ -232,7 +136,7 @@ class SequentializedGradientSampler:
         determinism_check: Compare the recomputed features with the phase-1 features and raise
             if they differ beyond floating-point noise.
         norm_policy: ``"error"`` refuses an encoder with a BatchNorm in training mode (use
-            :func:`sgs_tad.norm.freeze_norm_layers`); ``"allow"`` runs it anyway, accepting
+            :func:`sgs_tad.engine.norm.freeze_norm_layers`); ``"allow"`` runs it anyway, accepting
             gradients that are not exact and running statistics updated twice.
         independence_check: On the first batch, check once that each snippet's feature depends
             on that snippet alone (:func:`sgs_tad.check_snippet_independence`, a few small
@@ -242,10 +146,10 @@ class SequentializedGradientSampler:
             breaks eq. 4, so SGS gradients would silently differ from end to end. Skipped
             with ``norm_policy="allow"``, which accepts a mixing BatchNorm.
         release_cpu_memory: On a CPU device, give the heap's free memory back to the
-            system after phase 1 and after phase 3 (:func:`sgs_tad.heap.release_cpu_heap`,
+            system after phase 1 and after phase 3 (:func:`sgs_tad.engine.heap.release_cpu_heap`,
             glibc's ``malloc_trim``): without it, glibc's heap fragments between micro-batches
             of different sizes and the resident memory grows over iterations although the
-            live tensors do not (measured in :mod:`sgs_tad.heap`).
+            live tensors do not (measured in :mod:`sgs_tad.engine.heap`).
         on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase
             3 for that batch (e.g. fp16 with a ``GradScaler``, which will skip the step anyway).
         generator: Source of all sampling randomness. Default: a private generator seeded from
@@ -276,63 +180,18 @@ class SequentializedGradientSampler:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}.")
-        self.memory_budget = None
-        if memory_budget is not None:
-            from .plan import parse_bytes
-
-            self.memory_budget = parse_bytes(memory_budget)
-            if self.memory_budget <= 0:
-                raise ValueError(f"memory_budget must be > 0 bytes; got {memory_budget!r}.")
-        if micro_batch_size == "auto":
-            if self.memory_budget is None:
-                raise ValueError(
-                    "micro_batch_size='auto' chooses K from a memory budget: pass "
-                    "memory_budget='2GB' (the bytes one micro-batch's encoder activations may "
-                    "take), or an int micro_batch_size."
-                )
-        elif isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
-            raise TypeError(
-                f"micro_batch_size must be an int >= 1, got {micro_batch_size!r} "
-                f"({type(micro_batch_size).__name__})."
-            )
-        elif micro_batch_size < 1:
-            raise ValueError(
-                f"micro_batch_size must be >= 1 (snippets per encoder call), got "
-                f"{micro_batch_size}. Use 1 for the smallest memory, 4 as in the paper."
-            )
-        if (
-            encode_batch_size is not None
-            and encode_batch_size != "auto"
-            and (
-                isinstance(encode_batch_size, bool)
-                or not isinstance(encode_batch_size, int)
-                or encode_batch_size < 1
-            )
-        ):
-            raise ValueError(
-                f"encode_batch_size must be 'auto', None (= micro_batch_size) or an int >= 1, "
-                f"got {encode_batch_size!r}. A no-grad forward keeps no activations: try 4-16x K."
-            )
-        if prefetch not in (True, False, "auto"):
-            raise ValueError(f"prefetch must be True, False or 'auto'; got {prefetch!r}.")
-        if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-            raise ValueError(
-                f"ratio must be in [0, 1] (fraction of snippets back-propagated), got {ratio!r}. "
-                "Use 0 for a frozen encoder, 1 for the exact end-to-end gradient, 0.3 as in "
-                "the paper."
-            )
-        choices = {
-            "grad_scale": (grad_scale, ("none", "unbiased")),
-            "norm_policy": (norm_policy, ("error", "allow")),
-            "on_nonfinite_grad": (on_nonfinite_grad, ("raise", "skip")),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
-        if pool is not None and not callable(pool):
-            raise TypeError(f"pool must be callable or None, got {type(pool).__name__}.")
+        self.memory_budget = check_options(
+            encoder,
+            micro_batch_size=micro_batch_size,
+            memory_budget=memory_budget,
+            encode_batch_size=encode_batch_size,
+            prefetch=prefetch,
+            ratio=ratio,
+            pool=pool,
+            grad_scale=grad_scale,
+            norm_policy=norm_policy,
+            on_nonfinite_grad=on_nonfinite_grad,
+        )
         self.encoder = encoder
         # Resolved by a probe at the first batch when "auto" (see _resolve_auto).
         self._auto_k = micro_batch_size == "auto"
@@ -345,10 +204,10 @@ class SequentializedGradientSampler:
         self._sizing: dict[str, float | None] | None = None
         if not self._auto_k:
             self._set_encode_batch_size(None)
-        self.keep_graphs = _parse_keep_budget(keep_graphs)
+        self.keep_graphs = parse_keep_budget(keep_graphs)
         self.prefetch = prefetch
         self.ratio = float(ratio)
-        self.sampler = self._resolve_sampler(sampler)
+        self.sampler = resolve_sampler(sampler)
         self.pool = pool
         self.grad_scale = grad_scale
         self.preserve_rng_state = preserve_rng_state
@@ -372,104 +231,10 @@ class SequentializedGradientSampler:
         # feats -> record; weak keys, so a batch whose features are dropped without a backward
         # call frees its record instead of leaking it.
         self._records: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
-        self._check_norm()
+        if norm_policy != "allow":
+            check_norm(self.encoder)
 
     # ------------------------------------------------------------------ configuration helpers
-
-    @staticmethod
-    def _resolve_sampler(sampler: str | SamplerFn) -> SamplerFn:
-        if isinstance(sampler, str):
-            from .samplers import make_sampler
-
-            return make_sampler(sampler)
-        if not callable(sampler):
-            raise TypeError(
-                f"sampler must be a name (e.g. 'random') or a callable "
-                f"sampler(num_items, num_samples, *, features=None, generator=None); got "
-                f"{type(sampler).__name__}."
-            )
-        return sampler
-
-    def _set_encode_batch_size(self, nograd_bytes_per_snippet: float | None) -> None:
-        k = self.micro_batch_size
-        if not self._auto_k1:
-            self.encode_batch_size = int(self._k1_option or k)
-        elif nograd_bytes_per_snippet and self.memory_budget is not None:
-            fits = int(self.memory_budget // max(nograd_bytes_per_snippet, 1.0))
-            self.encode_batch_size = max(k, min(fits, AUTO_ENCODE_LIMIT))
-        else:
-            # Measured on the first batch at no extra cost (see _measure_phase1_size): until
-            # then phase 1 runs at K, which is always safe.
-            self.encode_batch_size = k
-            self._sizing = {"saved": None, "workspace": None}
-
-    def _maybe_choose_phase1_size(self) -> None:
-        """``encode_batch_size="auto"`` without a budget, once both costs are measured.
-
-        The phase-1 calls get as many snippets as keep their transient (no-grad) memory within
-        that of one phase-3 micro-batch, K (s + w), at most 8 K: the peak stays that of K
-        snippets while the calls grow.
-        """
-        sizing = self._sizing
-        if sizing is None or sizing["workspace"] is None:
-            return
-        k, w = self.micro_batch_size, max(float(sizing["workspace"]), 1.0)
-        if sizing["saved"] is None:
-            if self.ratio > 0:
-                return  # wait for phase 3's measurement
-            fits = AUTO_ENCODE_FACTOR * k  # frozen: no phase 3 to stay below
-        else:
-            fits = int(k * (float(sizing["saved"]) + w) // w)
-        self.encode_batch_size = max(k, min(fits, AUTO_ENCODE_FACTOR * k))
-        self.phase1_choice = {
-            "encode_batch_size": self.encode_batch_size,
-            "saved_bytes_per_snippet": sizing["saved"],
-            "workspace_bytes_per_snippet": sizing["workspace"],
-        }
-        self._sizing = None
-        logger.info(
-            "encode_batch_size='auto': phase-1 calls of %d snippets (K = %d; measured %s saved"
-            " + %s workspace per snippet)", self.encode_batch_size, k,
-            sizing["saved"], sizing["workspace"],
-        )  # fmt: skip
-
-    def _resolve_auto(self, sources: Sequence[SnippetSource]) -> None:
-        """Choose K (and the phase-1 size) from the memory budget with a one-off probe."""
-        from .plan import format_bytes, measure_snippet_cost
-
-        assert self.memory_budget is not None
-        first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
-        cost = measure_snippet_cost(self.encoder, tuple(first.shape[1:]), micro_batch_size=2,
-                                    device=self.device, pool=self.pool, dtype=first.dtype,
-                                    repeats=1)  # fmt: skip
-        per_snippet = cost.saved_bytes + cost.workspace_bytes
-        k = int(self.memory_budget // max(per_snippet, 1.0))
-        if k < 1:
-            raise ValueError(
-                f"memory_budget={format_bytes(self.memory_budget)} cannot hold one snippet: "
-                f"the probe measured {format_bytes(per_snippet)} per snippet "
-                f"({format_bytes(cost.saved_bytes)} saved for backward + "
-                f"{format_bytes(cost.workspace_bytes)} workspace) for snippets "
-                f"{tuple(first.shape[1:])}. Raise the budget, use smaller snippets, or freeze "
-                "more encoder stages."
-            )
-        self.micro_batch_size = min(k, AUTO_ENCODE_LIMIT)
-        self._set_encode_batch_size(cost.nograd_peak_bytes)
-        self._auto_k = False
-        self.auto_choice = {
-            "micro_batch_size": self.micro_batch_size,
-            "encode_batch_size": self.encode_batch_size,
-            "memory_budget": self.memory_budget,
-            "saved_bytes_per_snippet": cost.saved_bytes,
-            "workspace_bytes_per_snippet": cost.workspace_bytes,
-            "nograd_bytes_per_snippet": cost.nograd_peak_bytes,
-        }
-        logger.info(
-            "micro_batch_size='auto': K = %d, phase-1 calls of %d (budget %s; measured %s saved"
-            " + %s workspace per snippet)",
-            self.micro_batch_size, self.encode_batch_size, format_bytes(self.memory_budget),
-            format_bytes(cost.saved_bytes), format_bytes(cost.workspace_bytes),
-        )  # fmt: skip
 
     def _check_independence(self, sources: Sequence[SnippetSource]) -> None:
         """Once, on the first batch: refuse an encoder whose features mix snippets."""
@@ -486,8 +251,6 @@ class SequentializedGradientSampler:
         if have < 2:  # one snippet in all cannot mix; check the next batch
             self._independence_checked = False
             return
-        from .independence import check_snippet_independence
-
         x = torch.cat(parts).to(self.device)
         check_snippet_independence(self.encoder, x, pool=self.pool, raise_on_failure=True)
 
@@ -495,19 +258,6 @@ class SequentializedGradientSampler:
     def needs_features(self) -> bool:
         """Whether the snippet sampler draws from the phase-1 features (after phase 1)."""
         return bool(getattr(self.sampler, "requires_features", False))
-
-    def _check_norm(self) -> None:
-        if self.norm_policy == "allow":
-            return
-        names = training_batchnorms(self.encoder)
-        if names:
-            raise ValueError(
-                f"the encoder has BatchNorm layers in training mode: {names[:5]}"
-                f"{' …' if len(names) > 5 else ''}. Their output mixes the snippets of a "
-                "micro-batch and every call updates running statistics, so SGS gradients would "
-                "not be exact. Fix: encoder = sgs_tad.freeze_norm_layers(encoder) (as the paper "
-                "does), or put them in eval mode, or pass norm_policy='allow' to accept it."
-            )
 
     def _target_device(self) -> torch.device | None:
         if self._device is not None:
@@ -550,7 +300,7 @@ class SequentializedGradientSampler:
         """Snippet count N_i of each video of features returned by :meth:`encode`."""
         return list(self._record(feats, "lengths").lengths)
 
-    def _record(self, feats: torch.Tensor, caller: str) -> _EncodeRecord:
+    def _record(self, feats: torch.Tensor, caller: str) -> EncodeRecord:
         if not isinstance(feats, torch.Tensor):
             raise TypeError(f"{caller}: feats must be the tensor returned by encode().")
         record = self._records.get(feats)
@@ -626,17 +376,6 @@ class SequentializedGradientSampler:
         """Parameters and buffers: saved for backward too, but they exist anyway."""
         return [*self.encoder.parameters(), *self.encoder.buffers()]
 
-    def _keep(self, batch: MicroBatch, kept_snippets: int, kept_bytes: int, last: int) -> bool:
-        """Whether the next sampled micro-batch's graph still fits the keep budget."""
-        budget = self.keep_graphs
-        if budget.snippets is not None:
-            return kept_snippets + len(batch) <= budget.snippets
-        assert budget.bytes is not None
-        # Predicted from the last kept micro-batch; the first one is measured (and dropped
-        # again if it alone exceeds the budget).
-        predicted = last * len(batch) if last else 0
-        return kept_bytes + predicted <= budget.bytes
-
     def _run_plan(
         self,
         batches: Sequence[MicroBatch],
@@ -661,15 +400,15 @@ class SequentializedGradientSampler:
         with phase.encoding():
             for j, (batch, x) in enumerate(self._gathered(batches, sources)):
                 keeping = keeping and j < sampled
-                keeping = keeping and self._keep(batch, kept_snippets, kept_bytes, per_snippet)
+                keeping = keeping and keep_fits(
+                    self.keep_graphs, len(batch), kept_snippets, kept_bytes, per_snippet
+                )
                 if keeping:
                     counter = None
                     sizing = self._sizing
                     if self.keep_graphs.bytes is not None or (
                         sizing is not None and sizing["saved"] is None
                     ):
-                        from .plan import SavedBytesMeter
-
                         counter = SavedBytesMeter(exclude=self._state_tensors())
                     with torch.enable_grad(), counter or nullcontext():
                         out = self._run(batch, x)
@@ -694,8 +433,6 @@ class SequentializedGradientSampler:
                         rng_states.append(state)
                     sizing = self._sizing
                     if sizing is not None and sizing["workspace"] is None:
-                        from .plan import LiveBytesMeter
-
                         with torch.no_grad(), LiveBytesMeter([*self._state_tensors(), x]) as m:
                             out = self._run(batch, x)
                         sizing["workspace"] = m.peak / len(batch)
@@ -703,7 +440,7 @@ class SequentializedGradientSampler:
                         with torch.no_grad():
                             out = self._run(batch, x)
                 if feats is None:
-                    autocast = _autocast_state(out.device.type)
+                    autocast = autocast_state(out.device.type)
                     feats = out.new_zeros(len(lengths), max(lengths), out.shape[1])
                 elif out.shape[1] != feats.shape[2] or out.dtype != feats.dtype:
                     raise ValueError(
@@ -748,14 +485,15 @@ class SequentializedGradientSampler:
 
         Args:
             snippets: A tensor ``[B, N, *S]``, a list of tensors ``[N_i, *S]``, or a list of
-                :class:`~sgs_tad.sources.SnippetSource` (decoded micro-batch by micro-batch).
+                :class:`~sgs_tad.engine.sources.SnippetSource` (decoded micro-batch by
+                micro-batch).
 
         Returns:
             Features ``[B, N_max, C]``: a leaf with ``requires_grad=True`` and no encoder graph.
             Rows past a video's length are zero; :meth:`mask` tells which rows are real.
         """
         if self.norm_policy == "error":
-            self._check_norm()
+            check_norm(self.encoder)
         sources = as_sources(snippets)
         if self._auto_k:
             self._resolve_auto(sources)
@@ -834,7 +572,7 @@ class SequentializedGradientSampler:
             mask[v, :n] = True
         if self.ratio == 0:
             self._maybe_choose_phase1_size()
-        self._records[feats] = _EncodeRecord(lengths=lengths, mask=mask, plan=plan, picks=picks,
+        self._records[feats] = EncodeRecord(lengths=lengths, mask=mask, plan=plan, picks=picks,
                                              rng_states=rng_states, autocast=autocast,
                                              kept=kept)  # fmt: skip
         return feats
@@ -920,8 +658,6 @@ class SequentializedGradientSampler:
                 measure = sizing is not None and sizing["saved"] is None
                 with replay_rng_state(state), torch.autocast(**record.autocast):
                     if measure:
-                        from .plan import SavedBytesMeter
-
                         with SavedBytesMeter(exclude=self._state_tensors()) as meter:
                             out = self._run(batch, x)
                         assert sizing is not None
@@ -931,7 +667,7 @@ class SequentializedGradientSampler:
                 videos = batch.videos.to(grad.device)
                 positions = batch.positions.to(grad.device)
                 if self.determinism_check:
-                    self._check_same(out.detach(), feats.detach()[videos, positions])
+                    check_same(out.detach(), feats.detach()[videos, positions])
                 g = grad[videos, positions] * scale[videos].unsqueeze(1)
                 torch.autograd.backward(out, g.to(out.dtype))
                 del out
@@ -941,27 +677,6 @@ class SequentializedGradientSampler:
                 self.stats.snippets_sampled += len(batch)
         self._release_heap()
         self._maybe_choose_phase1_size()
-
-    @staticmethod
-    def _check_same(recomputed: torch.Tensor, original: torch.Tensor) -> None:
-        if recomputed.dtype in (torch.float16, torch.bfloat16):
-            rtol, atol = 1e-2, 1e-2
-        else:
-            rtol, atol = 1e-4, 1e-5
-        if recomputed.shape != original.shape or not torch.allclose(
-            recomputed.to(original.dtype), original, rtol=rtol, atol=atol
-        ):
-            diff = (recomputed.float() - original.float()).abs().max().item()
-            raise RuntimeError(
-                f"determinism check failed: the recomputed features differ from the phase-1 "
-                f"features by up to {diff:.3g}. The encoder is not a pure function of the "
-                "snippet: likely causes are a BatchNorm in training mode (use "
-                "sgs_tad.freeze_norm_layers), randomness outside torch (Python random, numpy) "
-                "or with a feature-guided sampler (its recompute cannot replay dropout), "
-                "in-place state updated by forward, or a lazy source that decodes different "
-                "values on a second call. Fix the cause, or pass determinism_check=False if "
-                "the difference is intended."
-            )
 
     # ------------------------------------------------------------------------- convenience
 

@@ -6,7 +6,7 @@ dicts, one per video, with ``"feats"`` of shape ``[C, T_i]`` plus the targets
 (``"segments"`` ``[K_i, 2]``, ``"labels"`` ``[K_i]``), and returns a dict of losses whose
 ``"final_loss"`` is back-propagated. :func:`video_list_step` builds that structure from the
 SGS features ``[B, N_max, C]`` and the batch, and is passed to
-:class:`~sgs_tad.trainer.SGSTrainer` as ``detector_step``.
+:class:`~sgs_tad.training.trainer.SGSTrainer` as ``detector_step``.
 
 A detector may also cut the gradient to its inputs on purpose, because it was written for
 frozen, pre-extracted features: ActionFormer pads the batch inside ``preprocessing``, which
@@ -54,8 +54,8 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from .batches import check_batch
-from .steps import StepInfo
+from sgs_tad.training.batches import check_batch
+from sgs_tad.training.steps import StepInfo
 
 __all__ = ["enable_grad", "snippet_lengths", "video_list_step"]
 
@@ -88,7 +88,7 @@ def video_list_step(
         layout: ``"CT"`` gives ``[C, N_i]`` (ActionFormer), ``"TC"`` gives ``[N_i, C]``.
 
     Returns:
-        ``detector_step(feats, batch, info)`` for :class:`~sgs_tad.trainer.SGSTrainer`.
+        ``detector_step(feats, batch, info)`` for :class:`~sgs_tad.training.trainer.SGSTrainer`.
     """
     if layout not in ("CT", "TC"):
         raise ValueError(f"layout must be one of ['CT', 'TC']; got {layout!r}.")

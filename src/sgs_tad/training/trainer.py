@@ -9,9 +9,10 @@ detector together. (The original ETAD code steps twice per iteration and relies 
 ``zero_grad(set_to_none=True)`` in between; here gradients are zeroed once, after the step.)
 
 The trainer is handed built parts: the engine (which owns the encoder and its device), the
-detector, and optimizer/scheduler *factories* from :mod:`sgs_tad.optimization`, where every
+detector, and optimizer/scheduler *factories* from :mod:`sgs_tad.training.optimization`, where
+every
 learning rate is set. Under ``torchrun`` the gradients are averaged over ranks by one explicit
-all-reduce per step, not by DDP hooks: see :mod:`sgs_tad.distributed` for why.
+all-reduce per step, not by DDP hooks: see :mod:`sgs_tad.training.distributed` for why.
 
 Example:
     >>> import torch
@@ -41,22 +42,22 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from . import distributed as dist_utils
-from .batches import SNIPPETS_KEY, check_batch, count_snippets, make_loader
-from .callbacks import Callback
-from .checkpoint import CheckpointManager, model_fingerprint
-from .engine import Engine
-from .inference import EvalStep, evaluate
-from .metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
-from .microbatch import as_sources
-from .optimization import OptimizerFactory, adamw, step_decay, trainable_parameters
-from .policies import SkipCounter, check_int, check_trainer_arguments
-from .resume import restore_trainer_state, resume_trainer, trainer_state
-from .sgs import NO_GRAD_FEATURES_MESSAGE
-from .signals import StopOnSignal
-from .sources import SnippetReadError
-from .steps import LossOutput, StepInfo, split_loss
-from .window import StepWindow, take_optimizer_step
+from sgs_tad.engine.base import Engine
+from sgs_tad.engine.microbatch import as_sources
+from sgs_tad.engine.sgs import NO_GRAD_FEATURES_MESSAGE
+from sgs_tad.engine.sources import SnippetReadError
+from sgs_tad.training import distributed as dist_utils
+from sgs_tad.training.batches import SNIPPETS_KEY, check_batch, count_snippets, make_loader
+from sgs_tad.training.callbacks import Callback
+from sgs_tad.training.checkpoint import CheckpointManager, model_fingerprint
+from sgs_tad.training.inference import EvalStep, evaluate
+from sgs_tad.training.metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
+from sgs_tad.training.optimization import OptimizerFactory, adamw, step_decay, trainable_parameters
+from sgs_tad.training.policies import SkipCounter, check_int, check_trainer_arguments
+from sgs_tad.training.resume import restore_trainer_state, resume_trainer, trainer_state
+from sgs_tad.training.signals import StopOnSignal
+from sgs_tad.training.steps import LossOutput, StepInfo, split_loss
+from sgs_tad.training.window import StepWindow, take_optimizer_step
 
 __all__ = ["NO_GRAD_FEATURES_MESSAGE", "SGSTrainer"]
 
@@ -71,8 +72,8 @@ class SGSTrainer:
 
     The batch contract: each batch is a mapping with ``"snippets"`` (a tensor
     ``[B, N, *S]``, a list of ``[N_i, *S]`` tensors or of
-    :class:`~sgs_tad.sources.SnippetSource`) plus whatever the loss needs; see
-    :mod:`sgs_tad.batches`. The trainer never moves or re-wraps your modules: put them on
+    :class:`~sgs_tad.engine.sources.SnippetSource`) plus whatever the loss needs; see
+    :mod:`sgs_tad.training.batches`. The trainer never moves or re-wraps your modules: put them on
     their device first (one GPU per process under ``torchrun``).
 
     Args:
@@ -84,7 +85,7 @@ class SGSTrainer:
             :func:`sgs_tad.freeze_stages`).
         detector: the detection model.
         loss_fn: ``loss_fn(detector(feats), batch, info) -> loss``, ``feats`` ``[B, N_max, C]``
-            padded, ``info`` a :class:`~sgs_tad.steps.StepInfo` (``info.mask`` is the
+            padded, ``info`` a :class:`~sgs_tad.training.steps.StepInfo` (``info.mask`` is the
             ``[B, N_max]`` validity mask).
         detector_step: instead of ``loss_fn``, ``detector_step(feats, batch, info) -> loss``
             for detectors that build their own inputs and loss (ActionFormer). A loss may be a
@@ -92,11 +93,12 @@ class SGSTrainer:
         loss_key: the dict entry that is back-propagated (ActionFormer's is ``"final_loss"``).
         required_keys: batch keys the detector step needs; a batch without them is refused.
         optimizer: a factory ``optimizer(encoder, detector) -> Optimizer``; default the
-            paper's AdamW, :func:`sgs_tad.optimization.adamw`.
+            paper's AdamW, :func:`sgs_tad.training.optimization.adamw`.
         scheduler: a factory ``scheduler(optimizer) -> LRScheduler``; default the paper's
-            :func:`~sgs_tad.optimization.step_decay`. Stepped per epoch, or per optimizer step
+            :func:`~sgs_tad.training.optimization.step_decay`. Stepped per epoch, or per optimizer
+            step
             when the factory's ``interval`` is ``"step"``
-            (:func:`~sgs_tad.optimization.warmup_cosine`).
+            (:func:`~sgs_tad.training.optimization.warmup_cosine`).
         max_grad_norm: clip the global gradient norm (encoder and detector together).
         accumulation_steps: iterations whose gradients are averaged into one optimizer step;
             a window cut short (the end of an epoch or of an iterable) is averaged over its
@@ -108,7 +110,7 @@ class SGSTrainer:
         max_consecutive_skips: with ``nonfinite="skip"``, raise :class:`FloatingPointError`
             after this many skipped steps in a row (a run whose every loss is NaN must not end
             as if it succeeded); ``None`` never stops.
-        on_bad_video: when a source raises :class:`~sgs_tad.sources.SnippetReadError` (an
+        on_bad_video: when a source raises :class:`~sgs_tad.engine.sources.SnippetReadError` (an
             unreadable or corrupt video), ``"skip"`` the batch, count it
             (``trainer.bad_videos``) and go on, or ``"raise"``.
         seed: seeds the engine's sampler (``seed + rank``), the detector step's generator and
@@ -124,7 +126,7 @@ class SGSTrainer:
         tensorboard: also write TensorBoard scalars to ``log_dir/tensorboard``.
         progress: show a tqdm progress bar (rank 0) with loss, snippets/s and peak memory.
         log_every: optimizer steps between metric records.
-        callbacks: :class:`~sgs_tad.callbacks.Callback` objects.
+        callbacks: :class:`~sgs_tad.training.callbacks.Callback` objects.
     """
 
     def __init__(
@@ -188,7 +190,7 @@ class SGSTrainer:
             raise TypeError(
                 "optimizer must be a factory optimizer(encoder, detector) -> Optimizer (so the"
                 f" trainer sees the modules it trains); got {type(optimizer).__name__}."
-                " Example: optimizer=sgs_tad.optimization.adamw(encoder_lr=1e-5), or"
+                " Example: optimizer=sgs_tad.training.optimization.adamw(encoder_lr=1e-5), or"
                 " lambda enc, det: torch.optim.SGD([*enc.parameters(), *det.parameters()],"
                 " lr=0.01)."
             )
@@ -369,7 +371,7 @@ class SGSTrainer:
 
         Args:
             train_data: a map-style dataset of per-video items (sharded over ranks with a
-                :class:`~sgs_tad.distributed.ShardedSampler`, order seeded by ``seed`` and
+                :class:`~sgs_tad.training.distributed.ShardedSampler`, order seeded by ``seed`` and
                 the epoch, so a resume continues mid-epoch exactly), or an iterable of
                 batches such as your own ``DataLoader`` (a mid-epoch resume then re-iterates
                 it to skip the consumed batches, exact only if its order is deterministic).
@@ -377,7 +379,7 @@ class SGSTrainer:
             batch_size: videos per batch per rank (dataset input only).
             shuffle: shuffle the dataset each epoch (dataset input only).
             num_workers: ``DataLoader`` workers (dataset input only).
-            collate_fn: default :func:`~sgs_tad.batches.collate_videos`.
+            collate_fn: default :func:`~sgs_tad.training.batches.collate_videos`.
             drop_last: drop the last incomplete batch (dataset input only).
             resume: ``True`` continues from the newest intact checkpoint in
                 ``checkpoint_dir`` (if any: a warning says when there is none), a path from
@@ -526,7 +528,8 @@ class SGSTrainer:
         batch_size: int = 1,
         collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> dict[str, float]:
-        """:func:`sgs_tad.inference.evaluate` with this trainer's engine, detector and AMP.
+        """:func:`sgs_tad.training.inference.evaluate` with this trainer's engine, detector and
+        AMP.
 
         ``eval_step(feats, batch, info)`` returns per-batch metric means (or ``None``); the
         result is their batch-size-weighted mean over batches and ranks.
@@ -549,7 +552,8 @@ class SGSTrainer:
         strict_world_size: bool = True,
         override: bool = False,
     ) -> None:
-        """Restore a :meth:`state_dict`; see :func:`~sgs_tad.resume.restore_trainer_state`."""
+        """Restore a :meth:`state_dict`; see
+        :func:`~sgs_tad.training.resume.restore_trainer_state`."""
         restore_trainer_state(
             self, state, source=source, strict_world_size=strict_world_size, override=override
         )

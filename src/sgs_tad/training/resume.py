@@ -13,18 +13,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import distributed as dist_utils
-from .checkpoint import check_resumable, check_settings, load_checkpoint, parameter_shapes
-from .rng import capture_global_rng_state, restore_global_rng_state
+from sgs_tad.engine.rng import capture_global_rng_state, restore_global_rng_state
+from sgs_tad.training import distributed as dist_utils
+from sgs_tad.training.checkpoint import (
+    check_resumable,
+    check_settings,
+    load_checkpoint,
+    parameter_shapes,
+)
 
 if TYPE_CHECKING:
-    from .trainer import SGSTrainer
+    from sgs_tad.training.trainer import SGSTrainer
 
 __all__ = ["restore_trainer_state", "resume_trainer", "trainer_state", "type_name"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT, VERSION = "sgs_tad.trainer", 2
+FORMAT, VERSION = "sgs_tad.training.trainer", 2
 
 
 def type_name(obj: Any) -> str | None:
@@ -73,7 +78,7 @@ def restore_trainer_state(
 
     Args:
         trainer: the trainer to restore into (built like the one that saved).
-        state: the saved state (from :func:`~sgs_tad.checkpoint.load_checkpoint`).
+        state: the saved state (from :func:`~sgs_tad.training.checkpoint.load_checkpoint`).
         source: where it came from, for messages.
         strict_world_size: refuse a checkpoint written with another number of ranks.
             With ``False``, weights, optimizer, scheduler, scaler and step counters are

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed as dist_utils
-from .batches import SNIPPETS_KEY, check_batch, count_videos, make_loader
-from .engine import Engine
-from .microbatch import as_sources
-from .steps import StepInfo
+from sgs_tad.engine.base import Engine
+from sgs_tad.engine.microbatch import as_sources
+from sgs_tad.training import distributed as dist_utils
+from sgs_tad.training.batches import SNIPPETS_KEY, check_batch, count_videos, make_loader
+from sgs_tad.training.steps import StepInfo
 
 __all__ = ["EvalStep", "evaluate"]
 
@@ -59,7 +59,7 @@ def evaluate(
         eval_step: Returns a mapping of per-batch metric means, or ``None`` (e.g. when it
             collects predictions for an mAP computed afterwards).
         batch_size: Videos per batch (dataset input only).
-        collate_fn: Default :func:`~sgs_tad.batches.collate_videos`.
+        collate_fn: Default :func:`~sgs_tad.training.batches.collate_videos`.
         seed: Seeds ``info.generator``.
         autocast: A factory of the autocast context to run in.
 

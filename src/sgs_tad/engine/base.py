@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .heap import release_cpu_heap
-from .microbatch import MicroBatch, as_sources, check_features, plan_encode
-from .sources import SnippetSource
+from sgs_tad.engine.heap import release_cpu_heap
+from sgs_tad.engine.microbatch import MicroBatch, as_sources, check_features, plan_encode
+from sgs_tad.engine.sources import SnippetSource
 
 __all__ = ["EndToEnd", "Engine"]
 
@@ -166,7 +166,7 @@ class EndToEnd:
 
         Args:
             snippets: A tensor ``[B, N, *S]``, a list of tensors ``[N_i, *S]`` or of
-                :class:`~sgs_tad.sources.SnippetSource`.
+                :class:`~sgs_tad.engine.sources.SnippetSource`.
         """
         sources = as_sources(snippets)
         lengths = [len(s) for s in sources]
@@ -188,7 +188,7 @@ class EndToEnd:
     def backward(self, snippets: Any, feats: torch.Tensor) -> None:
         """Nothing to compute: ``loss.backward()`` already reached the encoder through the
         graph. On a CPU device the freed heap memory is given back to the system, as
-        :class:`~sgs_tad.SequentializedGradientSampler` does (see :mod:`sgs_tad.heap`)."""
+        :class:`~sgs_tad.SequentializedGradientSampler` does (see :mod:`sgs_tad.engine.heap`)."""
         if self.device.type == "cpu":
             release_cpu_heap()
 

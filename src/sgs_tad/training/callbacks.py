@@ -1,4 +1,5 @@
-"""Hooks into :class:`~sgs_tad.trainer.SGSTrainer`: subclass :class:`Callback`, override what
+"""Hooks into :class:`~sgs_tad.training.trainer.SGSTrainer`: subclass :class:`Callback`, override
+what
 you need, pass ``callbacks=[...]``.
 
 Every hook receives the trainer, so a callback can read ``trainer.step``, ``trainer.epoch``,
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .trainer import SGSTrainer
+    from sgs_tad.training.trainer import SGSTrainer
 
 __all__ = ["Callback", "GradientStats"]
 
