@@ -13,8 +13,7 @@ the missing ones (and re-evaluates runs whose numbers predate the current evalua
 their ``model.pt``). The table gives the mean ± sample standard deviation over seeds of each
 metric, the standard error of the average mAP, the paired difference to the frozen encoder and
 the encoder's gradient norm and update size (``sgs_tad.training.callbacks.GradientStats``), and
-writes
-``docs/results_<section>.png`` (each seed a dot).
+writes ``docs/results_<section>.png`` (each seed a dot).
 
 To reproduce the main table of docs/results.md (65 runs, about 95 minutes on 2 CPU cores, two at
 a time with one thread each; seeds 5-9 were not used to choose any setting)::

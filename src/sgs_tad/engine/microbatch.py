@@ -3,9 +3,8 @@
 A *slot* is one snippet of one video: ``(video, index)``. A plan is an order of slots cut into
 consecutive micro-batches; for each micro-batch the engine asks every video's
 :class:`~sgs_tad.engine.sources.SnippetSource` only for its own snippets. Features are written
-back to
-their ``[B, N_max]`` position, so the order in which the encoder saw the snippets never leaks
-into the result.
+back to their ``[B, N_max]`` position, so the order in which the encoder saw the snippets
+never leaks into the result.
 
 :func:`plan_encode` makes the whole plan of one batch. With a sample drawn before phase 1
 (feature-independent samplers) the sampled slots come first, cut at K, so the leading phase-1
