@@ -60,14 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "etad_anet.py"
 sys.path.insert(0, str(SCRIPT.parent))
 # its option parser (settings of a run) and evaluation version (older runs are re-evaluated)
-from etad_anet import (  # noqa: E402
-    EVALUATION_VERSION,
-    LAYOUTS,
-    parse_args,
-    pretrain_config,
-    pretrains,
-    synthetic_options,
-)
+from etad.data import synthetic_options  # noqa: E402
+from etad.evaluation import EVALUATION_VERSION  # noqa: E402
+from etad.options import LAYOUTS, parse_args, pretrain_config, pretrains  # noqa: E402
 from pretrain_encoder import pretrain_encoder  # noqa: E402
 
 RUNS: dict[str, tuple[str, list[str]]] = {
