@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from sgs_tad.engine import phase
+from sgs_tad.engine import overflow, phase
 from sgs_tad.engine.checks import (
     NO_GRAD_FEATURES_MESSAGE,
     check_norm,
@@ -150,8 +150,8 @@ class SequentializedGradientSampler(AutoSizing):
             glibc's ``malloc_trim``): without it, glibc's heap fragments between micro-batches
             of different sizes and the resident memory grows over iterations although the
             live tensors do not (measured in :mod:`sgs_tad.engine.heap`).
-        on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase
-            3 for that batch (e.g. fp16 with a ``GradScaler``, which will skip the step anyway).
+        on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase 3
+            for that batch (fp16 + GradScaler: :mod:`sgs_tad.engine.overflow` instead).
         generator: Source of all sampling randomness. Default: a private generator seeded from
             ``torch.initial_seed()``; the global RNG is never advanced by sampling.
         device: Device the snippets are moved to before each encoder call. Default: the device
@@ -621,7 +621,7 @@ class SequentializedGradientSampler(AutoSizing):
             raise FloatingPointError(
                 f"backward: feats.grad holds {bad} NaN/inf values; the detector loss or its "
                 "backward is not finite. Check the loss for log(0)/division by zero, lower the "
-                "learning rate, or with fp16 + GradScaler pass on_nonfinite_grad='skip'."
+                "learning rate; with fp16 use step(scaler=...) or sgs_tad.engine.overflow."
             )
 
         states: list[RNGState | None]
@@ -695,6 +695,7 @@ class SequentializedGradientSampler(AutoSizing):
                 use :meth:`mask` on its argument for padded batches).
             scaler: A ``GradScaler`` for fp16; the loss is scaled before the backward and the
                 scaled feature gradient flows into the encoder as it is (no double scaling).
+                If it overflows, the scaler is shown an inf (:mod:`sgs_tad.engine.overflow`).
 
         Returns:
             The loss, detached.
@@ -707,5 +708,9 @@ class SequentializedGradientSampler(AutoSizing):
                 f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}."
             )
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None and overflow.feature_grad_overflowed(feats):
+            del self._records[feats]  # no phase 3 for this batch: drop kept graphs now
+            overflow.show_overflow(self.encoder.parameters())
+            return loss.detach()
         self.backward(snippets, feats)
         return loss.detach()
