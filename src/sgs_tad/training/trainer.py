@@ -407,7 +407,10 @@ class SGSTrainer:
             eval_step: the per-batch evaluation callable.
 
         Returns:
-            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "phases"}``.
+            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "phases",
+            "peak_memory"}``; ``peak_memory`` is the run's peak so far in bytes,
+            :meth:`~sgs_tad.training.metrics.PeakMemory.read` (allocated and reserved on CUDA,
+            RSS on the CPU).
         """
         check_int("epochs", epochs, minimum=1)
         if (eval_data is None) != (eval_step is None):
@@ -449,6 +452,7 @@ class SGSTrainer:
             "bad_videos": list(self.bad_videos),
             "stopped": self.stopped,
             "phases": self.timer.summary(),
+            "peak_memory": self.timer.memory.read(),
         }
 
     def _end_epoch(self, eval_data: Any, eval_step: Any, batch_size: int) -> None:
