@@ -8,7 +8,8 @@ Iterations add their gradients into ``.grad`` and their losses into a :class:`St
 2. divide the gradients by the window's own length (a window cut short by the end of an epoch
    or of an iterable is a mean over its own iterations, not over ``accumulation_steps``);
 3. unscale (fp16), clip or measure the global norm, step, check the weights are finite;
-4. zero every trainable parameter's gradient and count a skipped step if there was one.
+4. zero every trainable parameter's gradient and count a skipped step if there was one;
+5. average the detector's floating-point buffers (running statistics) over ranks.
 
 fp16: a step the :class:`~torch.amp.GradScaler` skips (an inf in a gradient; it then halves the
 scale) is a skipped step like any other: it is counted and a per-step LR schedule does not
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sgs_tad.engine.overflow import show_overflow
+from sgs_tad.training.distributed import all_reduce_buffers
 from sgs_tad.training.policies import check_finite_parameters, clip_or_measure
 
 if TYPE_CHECKING:
@@ -132,6 +134,9 @@ def take_optimizer_step(trainer: SGSTrainer, window: StepWindow) -> dict[str, An
         t.optimizer.zero_grad(set_to_none=True)
         for p in t.parameters:
             p.grad = None
+        # The detector's running statistics saw this rank's batches only: average them, so
+        # every rank normalises alike and a checkpoint holds the average, not rank 0's.
+        all_reduce_buffers(t.detector)
     t.step += 1
     # The schedule counts updates: a skipped step does not move it on.
     if t.scheduler is not None and t.scheduler_interval == "step" and stepped:
