@@ -58,3 +58,26 @@ def test_a_cpu_checkpoint_resumed_on_cuda_warns_that_cuda_streams_are_not_restor
     with caplog.at_level(logging.WARNING, logger="sgs_tad.engine.rng"):
         restore_global_rng_state(state)
     assert "no CUDA RNG state" in caplog.text and "torch.cuda.manual_seed" in caplog.text
+
+
+def _encoder(dropout: float) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Dropout(dropout))
+
+
+def test_a_compiled_encoder_with_dropout_is_refused_when_replaying():
+    """F11: phases 1 and 3 of a compiled encoder are different graphs with different random
+    streams; refused on the first batch. (backend="eager": dynamo only, fast, no C++.)"""
+    from sgs_tad import SequentializedGradientSampler
+    from sgs_tad.engine.compiled import is_compiled
+
+    encoder = torch.compile(_encoder(0.5), backend="eager")
+    assert is_compiled(encoder) and not is_compiled(_encoder(0.5))
+    sgs = SequentializedGradientSampler(encoder, ratio=0.5, micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"compiled.*dropout.*_orig_mod"):
+        sgs.encode(torch.randn(1, 6, 2, 3))
+    # Without randomness, or without replay (the user's choice), it runs.
+    x = torch.randn(1, 6, 2, 3)
+    plain = torch.compile(_encoder(0.0), backend="eager")
+    SequentializedGradientSampler(plain, ratio=0.5, micro_batch_size=2).encode(x)
+    SequentializedGradientSampler(encoder, ratio=0.5, preserve_rng_state=False).encode(x)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from sgs_tad.engine import overflow, phase
+from sgs_tad.engine import compiled, overflow, phase
 from sgs_tad.engine.checks import (
     NO_GRAD_FEATURES_MESSAGE,
     check_norm,
@@ -523,16 +523,14 @@ class SequentializedGradientSampler(AutoSizing):
         self._release_heap()
         if before is not None:
             drew = not all(torch.equal(a, b) for a, b in zip(before, self._rng_snapshot()))
-            if self._rng_free is None:
-                self._rng_free = not drew
-                logger.info(
-                    "%s",
-                    "the encoder draws random numbers (dropout, ...): the sampled snippets keep "
-                    "phase-1 calls of K, so that phase 3 replays their masks exactly"
-                    if drew
-                    else "the encoder draws no random numbers: sampled snippets share the "
-                    "larger phase-1 calls (no replay needed)",
+            if self._rng_free is None:  # (a compiled encoder that draws is refused here)
+                self._rng_free = not compiled.check_replayable(
+                    self.encoder, drew=drew, preserve_rng_state=self.preserve_rng_state
                 )
+                logger.info("%s", "the encoder draws random numbers (dropout, ...): the sampled"
+                            " snippets keep phase-1 calls of K, so that phase 3 replays their"
+                            " masks exactly" if drew else "the encoder draws no random numbers:"
+                            " sampled snippets share the larger phase-1 calls")  # fmt: skip
             elif drew:  # an encoder that started drawing (dropout switched on): redo phase 1
                 logger.warning(
                     "the encoder drew random numbers in phase 1 although it did not before: "
