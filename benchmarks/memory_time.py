@@ -190,6 +190,8 @@ def run_one(cfg: dict) -> dict:
     }
     if device.type == "cuda":
         out["cuda_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        # Reserved: the caching allocator's blocks (fragmentation shows here), absolute.
+        out["cuda_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     return out
 
 

@@ -334,3 +334,29 @@ def test_bad_input_is_explained():
 
 def test_strategy_names_match_the_library():
     assert set(get_args(ProposalStrategy)) == set(PROPOSAL_STRATEGIES)
+
+
+def test_to_detections_moves_a_device_prediction_to_the_cpu_once(monkeypatch):
+    """Issue 20, F1: the prediction on the device (meta stands for CUDA here) and the class
+    scores on the CPU; post-processing runs on the CPU after one move per video."""
+    start = torch.tensor([0.9, 0.1, 0.1, 0.1, 0.8, 0.1, 0.1, 0.3])
+    segments = torch.tensor([[0.0, 0.5], [0.0, 1.0]])
+    fields = {"segments": segments, "proposals": segments, "start": start,
+              "end": start.flip(0), "iou_cls": torch.tensor([0.5, 1.0]),
+              "iou_reg": torch.tensor([0.8, 0.5])}  # fmt: skip
+    on_cpu = ETADPrediction(**fields)
+    on_device = ETADPrediction(**{k: v.to("meta") for k, v in fields.items()})
+    moves = []
+
+    def to(self, device):
+        moves.append(torch.device(device))
+        return on_cpu  # a meta tensor cannot be copied: hand over the CPU twin
+
+    monkeypatch.setattr(ETADPrediction, "to", to, raising=False)
+    dets = to_detections(on_device, duration=20.0, class_scores=torch.tensor([0.7, 0.3]),
+                         class_names=["a", "b"])  # fmt: skip
+    assert moves == [torch.device("cpu")]
+    assert dets and {d["label"] for d in dets} <= {"a", "b"}
+    expected = to_detections(on_cpu, duration=20.0, class_scores=torch.tensor([0.7, 0.3]),
+                             class_names=["a", "b"])  # fmt: skip
+    assert dets == expected

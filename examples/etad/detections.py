@@ -38,7 +38,7 @@ def to_detections(
     """Detections of one video.
 
     Args:
-        prediction: the detector's output for the video.
+        prediction: the detector's output for the video, on any device (moved to the CPU).
         duration: its length (or its window's) in seconds.
         class_scores: ``[num_classes]`` video-level class scores for the top-2 fusion;
             ``None`` gives class-agnostic detections labelled ``"action"``.
@@ -51,6 +51,11 @@ def to_detections(
     Returns:
         ``[{"segment": [t0, t1], "score": s, "label": name}, ...]``, best first.
     """
+    # Post-processing belongs on the CPU: soft-NMS syncs once per kept proposal on a GPU, and
+    # the class scores may come from elsewhere. One move per video (P boxes and 2T scores).
+    prediction = prediction.to("cpu")
+    if class_scores is not None:
+        class_scores = class_scores.cpu()
     segments = prediction.segments
     keep = select_by_boundaries(segments, prediction.start, prediction.end, ratio=boundary_ratio)
     segments = segments[keep]

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, cast
 
 import torch
@@ -67,6 +67,10 @@ class ETADPrediction:
     def iou_score(self) -> Tensor:
         """``[P]`` p_iou = iou_cls * iou_reg (App. A.4 with BMN's fusion of the two)."""
         return self.iou_cls * self.iou_reg
+
+    def to(self, device: torch.device | str) -> ETADPrediction:
+        """The same prediction on ``device`` (post-processing runs on the CPU)."""
+        return ETADPrediction(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def _sanitize(segments: Tensor) -> Tensor:

@@ -246,6 +246,17 @@ def _check_id(video_id: str) -> None:
         )
 
 
+def _is_device_failure(err: BaseException) -> bool:
+    """CUDA out of memory, or a CUDA/cuDNN/cuBLAS error (sticky: the context is unusable)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        mark in text
+        for mark in ("CUDA error", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS")
+    )
+
+
 def extract_features(
     encoder: nn.Module,
     videos: Mapping[str, VideoInput],
@@ -265,7 +276,8 @@ def extract_features(
     dropout is off) and its previous mode is restored afterwards. Each video goes through the
     engine's phase 1 alone (``encode_features``), ``micro_batch_size`` snippets per encoder
     call. A video whose file is missing, unreadable or corrupt is logged with its file name,
-    counted and skipped; the others go on.
+    counted and skipped; the others go on. CUDA out-of-memory and CUDA errors are raised:
+    they are no fault of one video, and every later video would fail with them.
 
     Args:
         encoder: Maps snippets ``[M, *S]`` to ``[M, C]`` (or to what ``pool`` turns into it);
@@ -334,6 +346,10 @@ def extract_features(
                 array = feats.detach().float().cpu().numpy()
                 _save_atomic(target, array)
             except Exception as err:  # a bad video must not stop the others
+                if _is_device_failure(err):
+                    # Not the video's fault: after an OOM or a sticky CUDA error (device-side
+                    # assert) every later video would "fail" too. Stop with the real error.
+                    raise
                 failures[video_id] = f"{where}: {type(err).__name__}: {err}"
                 logger.error(
                     "video %r (%s) failed: %s: %s", video_id, where, type(err).__name__, err

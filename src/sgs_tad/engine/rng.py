@@ -119,6 +119,13 @@ def restore_global_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`capture_global_rng_state` captured (CUDA only if CUDA is here)."""
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
+    if not cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
+        logger.warning(
+            "the checkpoint holds no CUDA RNG state (written on the CPU, or before CUDA was"
+            " used) while this run uses CUDA: CUDA random streams (dropout on the GPU) are not"
+            " restored, so the resume is not bit-identical. Resume on the kind of device the"
+            " checkpoint was written on, or seed the streams with torch.cuda.manual_seed_all."
+        )
     if cuda and torch.cuda.is_available():
         if len(cuda) != torch.cuda.device_count():
             logger.warning(

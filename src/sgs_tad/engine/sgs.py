@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from sgs_tad.engine import phase
+from sgs_tad.engine import compiled, overflow, phase
 from sgs_tad.engine.checks import (
     NO_GRAD_FEATURES_MESSAGE,
     check_norm,
@@ -151,8 +151,8 @@ class SequentializedGradientSampler(AutoSizing):
             glibc's ``malloc_trim``): without it, glibc's heap fragments between micro-batches
             of different sizes and the resident memory grows over iterations although the
             live tensors do not (measured in :mod:`sgs_tad.engine.heap`).
-        on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase
-            3 for that batch (e.g. fp16 with a ``GradScaler``, which will skip the step anyway).
+        on_nonfinite_grad: ``"raise"`` when ``feats.grad`` holds NaN/inf; ``"skip"`` skips phase 3
+            for that batch (fp16 + GradScaler: :mod:`sgs_tad.engine.overflow` instead).
         generator: Source of all sampling randomness. Default: a private generator seeded from
             ``torch.initial_seed()``; the global RNG is never advanced by sampling.
         device: Device the snippets are moved to before each encoder call. Default: the device
@@ -504,16 +504,14 @@ class SequentializedGradientSampler(AutoSizing):
         self._release_heap()
         if before is not None:
             drew = not all(torch.equal(a, b) for a, b in zip(before, self._rng_snapshot()))
-            if self._rng_free is None:
-                self._rng_free = not drew
-                logger.info(
-                    "%s",
-                    "the encoder draws random numbers (dropout, ...): the sampled snippets keep "
-                    "phase-1 calls of K, so that phase 3 replays their masks exactly"
-                    if drew
-                    else "the encoder draws no random numbers: sampled snippets share the "
-                    "larger phase-1 calls (no replay needed)",
+            if self._rng_free is None:  # (a compiled encoder that draws is refused here)
+                self._rng_free = not compiled.check_replayable(
+                    self.encoder, drew=drew, preserve_rng_state=self.preserve_rng_state
                 )
+                logger.info("%s", "the encoder draws random numbers (dropout, ...): the sampled"
+                            " snippets keep phase-1 calls of K, so that phase 3 replays their"
+                            " masks exactly" if drew else "the encoder draws no random numbers:"
+                            " sampled snippets share the larger phase-1 calls")  # fmt: skip
             elif drew:  # an encoder that started drawing (dropout switched on): redo phase 1
                 logger.warning(
                     "the encoder drew random numbers in phase 1 although it did not before: "
@@ -605,7 +603,7 @@ class SequentializedGradientSampler(AutoSizing):
             raise FloatingPointError(
                 f"backward: feats.grad holds {bad} NaN/inf values; the detector loss or its "
                 "backward is not finite. Check the loss for log(0)/division by zero, lower the "
-                "learning rate, or with fp16 + GradScaler pass on_nonfinite_grad='skip'."
+                "learning rate; with fp16 use step(scaler=...) or sgs_tad.engine.overflow."
             )
 
         states: list[RNGState | None]
@@ -679,6 +677,7 @@ class SequentializedGradientSampler(AutoSizing):
                 use :meth:`mask` on its argument for padded batches).
             scaler: A ``GradScaler`` for fp16; the loss is scaled before the backward and the
                 scaled feature gradient flows into the encoder as it is (no double scaling).
+                If it overflows, the scaler is shown an inf (:mod:`sgs_tad.engine.overflow`).
 
         Returns:
             The loss, detached.
@@ -691,5 +690,9 @@ class SequentializedGradientSampler(AutoSizing):
                 f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}."
             )
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None and overflow.feature_grad_overflowed(feats):
+            del self._records[feats]  # no phase 3 for this batch: drop kept graphs now
+            overflow.show_overflow(self.encoder.parameters())
+            return loss.detach()
         self.backward(snippets, feats)
         return loss.detach()

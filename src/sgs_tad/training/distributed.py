@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import inspect
 import logging
 import os
 import re
@@ -60,6 +61,7 @@ __all__ = [
     "CollectiveError",
     "GradientReducer",
     "ShardedSampler",
+    "all_reduce_buffers",
     "barrier",
     "broadcast_module_states",
     "check_same_on_all_ranks",
@@ -69,12 +71,16 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "resolve_ddp_timeout",
+    "resolve_device",
     "unwrap_model",
 ]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# torch >= 2.3 takes the rank's device at init_process_group (read once, at import).
+_INIT_TAKES_DEVICE_ID = "device_id" in inspect.signature(dist.init_process_group).parameters
 
 #: Environment variable with the collective timeout in seconds (read by init_distributed).
 DDP_TIMEOUT_ENV = "SGS_TAD_DDP_TIMEOUT"
@@ -171,7 +177,9 @@ def init_distributed(
             collective (for a stuck or dead rank) fails with a :class:`CollectiveError` naming
             the rank(s) that did not answer. Default ``$SGS_TAD_DDP_TIMEOUT``, else
             :data:`DEFAULT_DDP_TIMEOUT_S` (torch's own default is 30 minutes for gloo).
-        device: The training device, to choose the backend (and the CUDA device: ``LOCAL_RANK``).
+        device: The training device, to choose the backend and, on CUDA, this rank's GPU
+            (:func:`resolve_device`: ``"cuda"`` means ``cuda:$LOCAL_RANK``), made the current
+            device *before* the process group is joined (and passed as ``device_id``).
         init_method: Passed to :func:`torch.distributed.init_process_group` (default: the
             ``env://`` variables torchrun sets).
         rank: This process's rank (default ``$RANK``).
@@ -179,6 +187,9 @@ def init_distributed(
 
     Returns:
         ``(rank, world_size)``.
+
+    Raises:
+        ValueError: an explicit ``cuda:N`` other than ``cuda:$LOCAL_RANK`` under torchrun.
     """
     global _timeout_s, _monitor_group
     if is_distributed():
@@ -187,19 +198,28 @@ def init_distributed(
     if world <= 1:
         return 0, 1
     td = resolve_ddp_timeout(timeout)
-    cuda = device is not None and torch.device(device).type == "cuda"
+    dev = resolve_device(device) if device is not None else None
+    cuda = dev is not None and dev.type == "cuda"
     backend = backend or ("nccl" if cuda else "gloo")
+    options: dict[str, Any] = {}
+    if cuda:
+        # Before the process group: NCCL binds its communicator to the current device, and
+        # every later `.cuda()` / `device="cuda"` of this rank must mean the same GPU.
+        torch.cuda.set_device(dev)
+        if backend == "nccl" and _INIT_TAKES_DEVICE_ID:
+            options["device_id"] = dev  # the communicator is made eagerly, on this GPU
     dist.init_process_group(
         backend,
         init_method=init_method,
         timeout=td,
         world_size=world,
         rank=-1 if rank is None else int(rank),
+        **options,
     )
     _timeout_s = td.total_seconds()
+    # Host-side waits (barrier()) and the diagnosis of timeouts run on this gloo group: no
+    # GPU spinning in an NCCL barrier, no NCCL watchdog.
     _monitor_group = dist.new_group(backend="gloo", timeout=td)
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     logger.info(
         "process group: %s, rank %d of %d, collective timeout %.0f s",
         backend,
@@ -297,11 +317,71 @@ def _guard(operation: str, collective: Callable[[], T]) -> T:
 def barrier(operation: str = "barrier") -> None:
     """Wait for every rank (a no-op without a process group); guarded like every collective.
 
+    The wait runs on the gloo group :func:`init_distributed` makes (the default group
+    otherwise): a rank waiting for rank 0 to prepare data must not sit in an NCCL barrier,
+    which spins on the GPU under NCCL's watchdog.
+
     Args:
         operation: What the barrier waits for, named in the error when it times out.
     """
     if is_distributed():
-        _guard(operation, dist.barrier)
+        group = _monitor_group
+        _guard(operation, lambda: dist.barrier(group=group))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """This rank's training device: ``"cuda"`` under torchrun is ``cuda:$LOCAL_RANK``.
+
+    Put the modules on this device. One GPU per process is the contract of the trainer, so
+    an explicit ``cuda:N`` is accepted under torchrun only when ``N`` is the local rank: a
+    ``cuda:0`` on every rank would stack all ranks' models on GPU 0 while NCCL works on GPU
+    ``LOCAL_RANK``. (To pick other GPUs, set ``CUDA_VISIBLE_DEVICES``.)
+
+    Raises:
+        ValueError: an explicit index other than ``$LOCAL_RANK`` under torchrun.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev
+    local = os.environ.get("LOCAL_RANK")
+    if local is None:  # not under torchrun: the device as given (cuda = the current GPU)
+        return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+    if dev.index is not None and dev.index != int(local):
+        raise ValueError(
+            f"device {str(dev)!r} under torchrun with LOCAL_RANK={local}: every rank would "
+            f"use GPU {dev.index} while NCCL uses GPU LOCAL_RANK. Pass --device cuda "
+            "(device='cuda': each rank takes cuda:$LOCAL_RANK), or choose the GPUs with "
+            "CUDA_VISIBLE_DEVICES."
+        )
+    return torch.device("cuda", int(local))
+
+
+def all_reduce_buffers(module: nn.Module) -> None:
+    """Average ``module``'s floating-point buffers over ranks (a no-op without a group).
+
+    Running statistics (ETAD's ``FeatureStandardizer`` mean/var, a BatchNorm's) are updated
+    from each rank's own batches; without this the ranks normalise differently and rank 0's
+    statistics alone are saved. :class:`~sgs_tad.SGSTrainer` calls it on the detector after
+    every optimizer step (SGS runs no DDP forward, so DDP's ``broadcast_buffers`` never
+    does). Integer and bool buffers (counters, flags) are left alone. One collective per
+    dtype and device.
+    """
+    if not is_distributed():
+        return
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            groups.setdefault((buf.dtype, buf.device), []).append(buf)
+    world = dist.get_world_size()
+    for bufs in groups.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+        _guard("all_reduce of the module buffers", functools.partial(dist.all_reduce, flat))
+        flat.div_(world)
+        offset = 0
+        with torch.no_grad():
+            for b in bufs:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
 
 
 def is_distributed() -> bool:

@@ -23,11 +23,11 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["MetricsWriter", "PhaseTimer", "ProgressBar", "format_bytes"]
+__all__ = ["MetricsWriter", "PeakMemory", "PhaseTimer", "ProgressBar", "format_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,12 +194,87 @@ class MetricsWriter:
             self._tb = None
 
 
+class PeakMemory:
+    """The run's peak memory: allocated and reserved bytes on CUDA, the peak RSS on the CPU.
+
+    On CUDA it reads :func:`torch.cuda.max_memory_allocated` and
+    :func:`torch.cuda.max_memory_reserved` (reserved counts the caching allocator's blocks:
+    fragmentation from micro-batches of varying size shows there, not in allocated) and keeps
+    the highest value of every read, so a :func:`torch.cuda.reset_peak_memory_stats` by
+    someone else between two reads (the auto-K probe, a benchmark) loses nothing read before
+    it. Nothing here resets the counters. On the CPU the peak resident set size of the process
+    (``getrusage``; never reset) is the figure.
+
+    Args:
+        device: the training device.
+
+    Example:
+        >>> peak = PeakMemory(torch.device("cpu"))
+        >>> list(peak.as_mb()), PeakMemory.label("rss_mb")
+        (['rss_mb'], 'peak RSS MB')
+    """
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "allocated_mb": "peak CUDA allocated MB",
+        "reserved_mb": "peak CUDA reserved MB",
+        "rss_mb": "peak RSS MB",
+    }
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self._peak: dict[str, int] = {}
+
+    @property
+    def cuda(self) -> bool:
+        """Whether the CUDA counters are read (a CUDA device on a machine with CUDA)."""
+        return self.device.type == "cuda" and torch.cuda.is_available()
+
+    def update(self) -> PeakMemory:
+        """Read the counters now (cheap: no device sync) and keep the maxima."""
+        if self.cuda:
+            now = {"allocated": int(torch.cuda.max_memory_allocated(self.device)),
+                   "reserved": int(torch.cuda.max_memory_reserved(self.device))}  # fmt: skip
+        else:
+            now = {"rss": _peak_rss()}
+        for key, value in now.items():
+            self._peak[key] = max(self._peak.get(key, 0), value)
+        return self
+
+    def read(self) -> dict[str, int]:
+        """``{"allocated", "reserved"}`` (CUDA) or ``{"rss"}`` (CPU), in bytes, after a read."""
+        return dict(self.update()._peak)
+
+    def as_mb(self) -> dict[str, float]:
+        """:meth:`read` in MiB, keys suffixed ``_mb`` (as a metrics file stores them)."""
+        return {f"{key}_mb": value / 2**20 for key, value in self.read().items()}
+
+    @classmethod
+    def label(cls, key: str) -> str:
+        """A table heading for a key of :meth:`as_mb` (``"rss_mb"`` -> ``"peak RSS MB"``)."""
+        if key not in cls.LABELS:
+            raise ValueError(f"unknown peak memory key {key!r}; known: {sorted(cls.LABELS)}.")
+        return cls.LABELS[key]
+
+
+def _peak_rss() -> int:
+    """The process's peak resident set size in bytes (``ru_maxrss``: KiB on Linux)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
 class PhaseTimer:
-    """Wall time and peak memory per named phase (``encode``, ``detector``, ``update``, ...).
+    """Wall time per named phase (``encode``, ``detector``, ``update``, ...) and peak memory.
 
     On CUDA the device is synchronised at the phase boundaries (so the time is the phase's,
-    not the time to enqueue its kernels) and the peak allocated memory is measured per phase
-    with :func:`torch.cuda.reset_peak_memory_stats`. On the CPU peak memory is not measured.
+    not the time to enqueue its kernels) and :attr:`memory`, a :class:`PeakMemory`, is read at
+    each phase's end. The CUDA peak counters are never reset (a reset per phase made the run's
+    peak unreadable: what a script read after training was the last phase's). A phase's
+    ``peak_memory_bytes`` is therefore the run's allocated peak where *that phase* raised it
+    (``None`` for a phase that never did): it tells which phase sets the peak. On the CPU
+    peak memory is not measured per phase (:attr:`memory` reads the peak RSS).
 
     Args:
         device: the training device.
@@ -207,6 +282,7 @@ class PhaseTimer:
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
+        self.memory = PeakMemory(self.device)
         self._seconds: dict[str, float] = {}
         self._calls: dict[str, int] = {}
         self._peak: dict[str, int | None] = {}
@@ -218,26 +294,28 @@ class PhaseTimer:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time the enclosed block as phase ``name``."""
+        before = 0
         if self._cuda:
             torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+            before = int(torch.cuda.max_memory_allocated(self.device))
         start = time.perf_counter()
         try:
             yield
         finally:
-            peak: int | None = None
+            raised: int | None = None
             if self._cuda:
                 torch.cuda.synchronize(self.device)
-                peak = int(torch.cuda.max_memory_allocated(self.device))
+                after = int(torch.cuda.max_memory_allocated(self.device))
+                self.memory.update()
+                raised = after if after > before else None
             self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
             self._calls[name] = self._calls.get(name, 0) + 1
             previous = self._peak.get(name)
-            self._peak[name] = peak if previous is None else max(previous, peak or 0)
+            self._peak[name] = raised if previous is None else max(previous, raised or 0)
 
     def peak_memory(self) -> int | None:
-        """Highest peak over all phases so far (``None`` on the CPU)."""
-        peaks = [p for p in self._peak.values() if p is not None]
-        return max(peaks) if peaks else None
+        """The run's peak allocated CUDA memory so far (``None`` on the CPU)."""
+        return self.memory.read()["allocated"] if self._cuda else None
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{phase: {"seconds", "share", "calls", "peak_memory_bytes"}}``."""

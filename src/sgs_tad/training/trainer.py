@@ -43,6 +43,7 @@ from torch import nn
 
 from sgs_tad.engine.base import Engine
 from sgs_tad.engine.microbatch import as_sources
+from sgs_tad.engine.overflow import feature_grad_overflowed
 from sgs_tad.engine.sgs import NO_GRAD_FEATURES_MESSAGE
 from sgs_tad.engine.sources import SnippetReadError
 from sgs_tad.training import distributed as dist_utils
@@ -103,6 +104,9 @@ class SGSTrainer:
             own length.
         amp: ``"fp16"`` (autocast + GradScaler), ``"bf16"`` (autocast) or ``"none"``; the
             autocast covers all three phases (phase 3 replays phase 1's autocast state).
+            With fp16, an overflow of the scaled feature gradient alone is handed to the
+            GradScaler whatever ``nonfinite`` says: it skips the step (counted in
+            ``skipped_steps``) and backs the scale off (:mod:`sgs_tad.engine.overflow`).
         nonfinite: on a NaN/inf loss or gradient, ``"skip"`` the optimizer step and count it
             (``trainer.skipped_steps``), or ``"raise"`` :class:`FloatingPointError`.
         max_consecutive_skips: with ``nonfinite="skip"``, raise :class:`FloatingPointError`
@@ -282,7 +286,7 @@ class SGSTrainer:
         snippets = batch[SNIPPETS_KEY]
         for cb in self.callbacks:
             cb.on_batch_start(self, batch)
-        if self._window.bad:
+        if self._window.bad or self._window.found_inf:
             return  # this step is skipped anyway; don't spend compute on it
         backward_done = False
         try:
@@ -313,6 +317,18 @@ class SGSTrainer:
                 backward_done = True
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             with self.timer.phase("update"):
+                if self.scaler is not None and feature_grad_overflowed(feats):
+                    # fp16: the scaled dL/dF overflowed its fp16 buffer (a gain after the
+                    # detector's fp32 cast, say) while the parameter gradients may all be
+                    # finite. That is the GradScaler's business, whatever the policies say:
+                    # the step shows it an inf so that it skips and backs off (window.py).
+                    # Phase 3 is not run: the step is skipped anyway.
+                    logger.info("fp16 feature gradient overflow at step %d (scale %g): the"
+                                " step is skipped and the scale backed off", self.step,
+                                self.scaler.get_scale())  # fmt: skip
+                    self._window.found_inf = True
+                    self._window.add(value, parts, count_snippets(snippets))
+                    return
                 try:
                     self.engine.backward(snippets, feats)
                 except FloatingPointError:
@@ -389,7 +405,10 @@ class SGSTrainer:
             eval_step: the per-batch evaluation callable.
 
         Returns:
-            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "phases"}``.
+            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "phases",
+            "peak_memory"}``; ``peak_memory`` is the run's peak so far in bytes,
+            :meth:`~sgs_tad.training.metrics.PeakMemory.read` (allocated and reserved on CUDA,
+            RSS on the CPU).
         """
         check_int("epochs", epochs, minimum=1)
         if (eval_data is None) != (eval_step is None):
@@ -431,6 +450,7 @@ class SGSTrainer:
             "bad_videos": list(self.bad_videos),
             "stopped": self.stopped,
             "phases": self.timer.summary(),
+            "peak_memory": self.timer.memory.read(),
         }
 
     def _end_epoch(self, eval_data: Any, eval_step: Any, batch_size: int) -> None:

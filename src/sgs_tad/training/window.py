@@ -8,7 +8,13 @@ Iterations add their gradients into ``.grad`` and their losses into a :class:`St
 2. divide the gradients by the window's own length (a window cut short by the end of an epoch
    or of an iterable is a mean over its own iterations, not over ``accumulation_steps``);
 3. unscale (fp16), clip or measure the global norm, step, check the weights are finite;
-4. zero every trainable parameter's gradient and count a skipped step if there was one.
+4. zero every trainable parameter's gradient and count a skipped step if there was one;
+5. average the detector's floating-point buffers (running statistics) over ranks.
+
+fp16: a step the :class:`~torch.amp.GradScaler` skips (an inf in a gradient; it then halves the
+scale) is a skipped step like any other: it is counted and a per-step LR schedule does not
+advance. An overflow of the feature gradient alone (``window.found_inf``) is shown to the
+scaler as an inf gradient, so that it skips the step and backs off as for any other overflow.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sgs_tad.engine.overflow import show_overflow
+from sgs_tad.training.distributed import all_reduce_buffers
 from sgs_tad.training.policies import check_finite_parameters, clip_or_measure
 
 if TYPE_CHECKING:
@@ -33,6 +41,9 @@ class StepWindow:
     Attributes:
         bad: A non-finite loss or gradient, or an unreadable video after the backward: the
             step is skipped (and the rest of the window not computed).
+        found_inf: fp16 with a GradScaler: ``feats.grad`` overflowed (a scaling overflow, not
+            a broken loss). The scaler is shown an inf at the step, so it skips the step and
+            backs the scale off; the rest of the window is not computed.
         loss_sum: Sum of the iterations' losses.
         losses: Iterations that contributed a loss.
         parts: Sums of the loss dict's other scalar entries.
@@ -42,6 +53,7 @@ class StepWindow:
     """
 
     bad: bool = False
+    found_inf: bool = False
     loss_sum: float = 0.0
     losses: int = 0
     parts: dict[str, float] = field(default_factory=dict)
@@ -73,15 +85,18 @@ def take_optimizer_step(trainer: SGSTrainer, window: StepWindow) -> dict[str, An
     t = trainer
     record: dict[str, Any] = {"epoch": t.epoch}
     with t.timer.phase("optimizer"):
-        bad, stop, loss_sum, n_losses = t.reducer.reduce(
-            [float(window.bad), float(t._stop_requested), window.loss_sum, window.losses]
-        )
+        bad, stop, found_inf, loss_sum, n_losses = t.reducer.reduce(
+            [float(window.bad), float(t._stop_requested), float(window.found_inf),
+             window.loss_sum, window.losses]
+        )  # fmt: skip
         # Stop only on the agreed (all-reduced) flag: a SIGTERM that reaches one rank after the
         # collective is honoured at the next step, on every rank together.
         t._stop_agreed = stop > 0 or (t.world_size == 1 and t._stop_requested)
         stepped = False
         if bad == 0 and n_losses > 0:
             if t.scaler is not None:
+                if found_inf > 0:  # on every rank: the flag was summed over ranks
+                    show_overflow(p for g in t.optimizer.param_groups for p in g["params"])
                 t.scaler.unscale_(t.optimizer)
             # The reduction averaged the per-rank sums over ranks; dividing by the mean count
             # makes it the mean over every iteration of the window, however short.
@@ -101,12 +116,17 @@ def take_optimizer_step(trainer: SGSTrainer, window: StepWindow) -> dict[str, An
                 for cb in t.callbacks:
                     cb.on_before_optimizer_step(t)
                 if t.scaler is not None:
+                    scale = t.scaler.get_scale()
                     t.scaler.step(t.optimizer)
                     t.scaler.update()
+                    # GradScaler skips a step whose gradients hold an inf without telling; it
+                    # then multiplies the scale by its backoff factor (< 1), and only then.
+                    stepped = t.scaler.get_scale() >= scale
                 else:
                     t.optimizer.step()
-                stepped = True
-                check_finite_parameters(t.parameters, t._names, step=t.step)
+                    stepped = True
+                if stepped:
+                    check_finite_parameters(t.parameters, t._names, step=t.step)
         # A window of only unreadable videos (n_losses == 0, not bad) is no skipped step.
         t.skips.record(skipped=bad > 0 or (n_losses > 0 and not stepped), step=t.step)
         # Zero once, after the single step of this window: every trainable parameter, not only
@@ -114,8 +134,12 @@ def take_optimizer_step(trainer: SGSTrainer, window: StepWindow) -> dict[str, An
         t.optimizer.zero_grad(set_to_none=True)
         for p in t.parameters:
             p.grad = None
+        # The detector's running statistics saw this rank's batches only: average them, so
+        # every rank normalises alike and a checkpoint holds the average, not rank 0's.
+        all_reduce_buffers(t.detector)
     t.step += 1
-    if t.scheduler is not None and t.scheduler_interval == "step":
+    # The schedule counts updates: a skipped step does not move it on.
+    if t.scheduler is not None and t.scheduler_interval == "step" and stepped:
         t.scheduler.step()
     elapsed = time.perf_counter() - window.start
     record.update(
