@@ -54,7 +54,6 @@ from etad.training import (
     detector_step,
     make_engine,
     make_scheduler,
-    peak_memory_mb,
     setup_distributed,
 )
 from sgs_tad import SGSTrainer
@@ -62,6 +61,7 @@ from sgs_tad.data import ActivityNetDataset
 from sgs_tad.engine.sources import NonFiniteSnippetsError
 from sgs_tad.training.callbacks import GradientStats
 from sgs_tad.training.distributed import barrier
+from sgs_tad.training.metrics import PeakMemory
 from sgs_tad.training.optimization import adamw
 
 log = logging.getLogger("etad_anet")
@@ -112,6 +112,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         optimizer=adamw(encoder_lr=args.encoder_lr, detector_lr=args.detector_lr),
         scheduler=make_scheduler(args, len(train_items), world, encoder),
         max_grad_norm=5.0,
+        amp=args.amp,
         seed=args.seed,
         settings=run_settings(args),
         checkpoint_dir=checkpoints,
@@ -142,6 +143,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         barrier("waiting for every rank to finish training")
         dist.destroy_process_group()
     summary: dict[str, Any] = {}
+    peaks = trainer.timer.memory.as_mb()
     if rank == 0:
         try:
             ev = evaluate(args, encoder, detector, val_set, ann, list(train_set.classes))
@@ -157,7 +159,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         summary = {
             **evaluation_summary(ev),
-            "peak_memory_mb": peak_memory_mb(args.device),
+            # the run's peak: allocated and reserved on CUDA, RSS on the CPU (never reset)
+            "peak_memory": peaks,
+            "peak_memory_mb": peaks.get("allocated_mb", peaks.get("rss_mb", 0.0)),
             "train_time_s": train_time,
             "train_cpu_time_s": train_cpu_time,
             "total_time_s": time.perf_counter() - t0,
@@ -175,8 +179,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         except ImportError as err:
             log.warning("no plot: %s (pip install 'sgs_tad[plot]')", err)
         print_evaluation(summary)
+        memory = ", ".join(f"{PeakMemory.label(k)} {v:.0f}" for k, v in peaks.items())
         print(
-            f"peak memory {summary['peak_memory_mb']:.0f} MB ({args.device}), training "
+            f"{memory} ({args.device}), training "
             f"{train_time:.0f} s, total {summary['total_time_s']:.0f} s; outputs in {out}"
         )
     return summary

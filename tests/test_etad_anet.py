@@ -145,6 +145,25 @@ def test_features_mode_trains_the_detector_only(
     assert metrics["settings"]["features"] == str(features)
 
 
+def test_bf16_amp_trains_end_to_end_and_reports_the_run_peak(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--amp bf16`` on the CPU: autocast through SGS and the detector, fp32 evaluation."""
+    data, _ = trained
+    out = tmp_path / "out"
+    proc = run("--epochs", "1", "--data-root", data, "--output-dir", out, "--amp", "bf16", *TINY)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["amp"] == "bf16"
+    assert metrics["skipped_steps"] == 0 and metrics["steps"] > 0
+    assert 0.0 <= metrics["average_mAP"] <= 1.0
+    assert set(metrics["peak_memory"]) == {"rss_mb"}
+    assert metrics["peak_memory_mb"] == metrics["peak_memory"]["rss_mb"] > 0
+    assert "peak RSS MB" in proc.stdout
+    # a checkpoint of this bf16 run does not resume as an fp32 run
+    run("--epochs", "2", "--data-root", data, "--output-dir", out, "--resume", *TINY,
+        returncode=2)  # fmt: skip
+
+
 # ------------------------------------------------------------- --layout thumos: sliding windows
 
 # 4 videos of 12-20 s (2 training, 2 validation), windows of 16 snippets of 4 frames (4 s)

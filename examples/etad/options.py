@@ -186,6 +186,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="none",
         help="'unbiased' multiplies the sampled snippets' feature gradients by N/n",
     )
+    sgs.add_argument(
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        default="none",
+        help="mixed precision of training: autocast in bf16, or in fp16 with a GradScaler "
+        "(evaluation runs in fp32)",
+    )
     sgs.add_argument("--snippet-sampler", default="random")
     sgs.add_argument("--proposal-sampler", default="random")
     sgs.add_argument("--aps-ratio", type=float, default=0.06)
@@ -368,8 +375,8 @@ RESUME_SETTINGS = ("seed", "data_seed", "num_videos", "num_snippets", "snippet_l
                    "encoder", "weights", "epochs", "batch_size", "ratio", "micro_batch_size",
                    "snippet_sampler", "proposal_sampler", "aps_ratio", "naive", "encoder_lr",
                    "detector_lr", "schedule", "encoder_delay", "frozen_stages", "class_head",
-                   "feature_norm", "annotations", "features", "data_root",
-                   "pretrained", "val_fraction", "grad_scale", "layout", "window")  # fmt: skip
+                   "feature_norm", "annotations", "features", "data_root", "pretrained",
+                   "val_fraction", "grad_scale", "layout", "window", "amp")  # fmt: skip
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -380,6 +387,8 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         # their settings still match, and they resume
         settings.pop("layout")
         settings.pop("window", None)
+    if settings.get("amp") == "none":
+        settings.pop("amp")  # as before --amp existed: fp32 checkpoints resume
     return settings
 
 

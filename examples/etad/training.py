@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -119,9 +118,3 @@ def make_engine(args: argparse.Namespace, encoder: nn.Module, mode: str) -> Engi
                                          ratio=ratio, sampler=args.snippet_sampler,
                                          grad_scale=args.grad_scale,
                                          on_nonfinite_grad="skip", device=args.device)  # fmt: skip
-
-
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
