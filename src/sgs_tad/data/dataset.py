@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,17 +29,24 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sgs_tad.data.annotations import AnnotationSet, VideoAnnotation, load_annotations
+from sgs_tad.data.failures import BadVideoLimit
 from sgs_tad.data.snippets import (
     DEFAULT_DECODE_CACHE_BYTES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    DecodedSource,
     MediaSnippetSource,
     check_normalisation,
     draw_crop,
     snippet_frame_indices,
 )
 from sgs_tad.data.video import MediaInfo, find_media, load_features, probe_media
-from sgs_tad.engine.sources import NonFiniteSnippetsError, SnippetSource, TensorSource
+from sgs_tad.engine.sources import (
+    NonFiniteSnippetsError,
+    SnippetReadError,
+    SnippetSource,
+    TensorSource,
+)
 
 __all__ = [
     "ActivityNetDataset",
@@ -161,6 +169,31 @@ class ActivityNetDataset(Dataset):
         seed: Seed of the crop draws; the crop of video ``i`` in epoch ``e`` comes from a
             ``torch.Generator`` seeded with ``(seed, e, i)``, the same in any DataLoader worker.
         classes: Class list (default: sorted labels of the whole file).
+        dtype: What the video sources deliver: ``"float32"`` (normalised with ``mean`` and
+            ``std``) or ``"uint8"`` (pixels after crop and resize, a quarter of the bytes; the
+            encoder normalises them on its device: set the same ``mean``/``std`` there, see
+            :meth:`~sgs_tad.encoders.VideoEncoder.set_input_normalisation`).
+        pin_memory: Sources return pinned memory when CUDA is available (for asynchronous
+            copies to the GPU; pinned in the engine's prefetch thread).
+        decode_in_workers: Decode each video's snippets in ``__getitem__``, that is in the
+            DataLoader worker, once, as ``uint8``; the item's source is then a
+            :class:`~sgs_tad.data.snippets.DecodedSource` whose tensor reaches the main process
+            in shared memory. Without it (the default) items hold lazy sources and decoding
+            happens in the main process whatever ``num_workers`` is. Memory: each worker holds
+            up to ``prefetch_factor · batch_size`` decoded videos.
+        worker_decode_bytes: With ``decode_in_workers``, the largest video decoded in a worker
+            (its ``uint8`` snippets, ``N · 3 · L · H · W`` bytes); a larger one keeps a lazy
+            source (decoded in the main process as without the option), with one log line
+            naming it.
+        max_bad_videos: How many distinct videos may fail to decode during a run (each such
+            failure skips a batch under the trainer's ``on_bad_video="skip"``) before
+            :class:`~sgs_tad.data.failures.TooManyBadVideosError` stops it, naming the files:
+            an ``int``, or a ``float`` in ``[0, 1]``, a fraction of the videos (rounded up).
+            ``None``: no limit. The default, 10 %, lets a few corrupt files pass and stops a
+            run whose data disappeared after a few batches.
+        feature_dim: C of ``.npy`` features, when known: a file ``[C, T]`` (saved transposed)
+            is then refused with a message that names it. Without it the layout is checked
+            across files (C is the dimension every file shares).
         on_error: ``"raise"``: a missing file, a video shorter than one snippet, an unknown
             label or an id whose file would lie outside ``root`` (``../x``, an absolute path,
             a symbolic link out of the root: :class:`~sgs_tad.data.video.UnsafeMediaPathError`)
@@ -170,6 +203,10 @@ class ActivityNetDataset(Dataset):
     Raises:
         NonFiniteSnippetsError: from ``__getitem__`` in features mode, when a feature file
             holds NaN or inf (named with the video id and the file).
+
+    Checked when the data set is built, with a warning naming the video: an annotation duration
+    that disagrees with the video's length (frames / fps) by more than 5 % and 1 s (the
+    segments are fractions of the annotated duration, so they would land in the wrong place).
     """
 
     def __init__(
@@ -189,6 +226,12 @@ class ActivityNetDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES,
+        dtype: Literal["float32", "uint8"] = "float32",
+        pin_memory: bool = False,
+        decode_in_workers: bool = False,
+        worker_decode_bytes: int = DEFAULT_DECODE_CACHE_BYTES,
+        max_bad_videos: int | float | None = 0.1,
+        feature_dim: int | None = None,
         seed: int = 0,
         classes: Sequence[str] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
@@ -231,6 +274,28 @@ class ActivityNetDataset(Dataset):
                 f"{decode_cache_bytes!r}."
             )
         self.decode_cache_bytes = decode_cache_bytes
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(
+                f"dtype must be 'float32' (normalised snippets) or 'uint8' (pixels the encoder "
+                f"normalises on its device); got {dtype!r}."
+            )
+        self.dtype: Literal["float32", "uint8"] = dtype
+        self.pin_memory = bool(pin_memory)
+        self.decode_in_workers = bool(decode_in_workers)
+        if (
+            isinstance(worker_decode_bytes, bool)
+            or not isinstance(worker_decode_bytes, int)
+            or worker_decode_bytes < 0
+        ):
+            raise ValueError(
+                f"worker_decode_bytes must be an int >= 0; got {worker_decode_bytes!r}."
+            )
+        self.worker_decode_bytes = worker_decode_bytes
+        if feature_dim is not None and (
+            isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1
+        ):
+            raise ValueError(f"feature_dim must be None or an int >= 1; got {feature_dim!r}.")
+        self.feature_dim = feature_dim
         self.seed = int(seed)
         self.epoch = 0
 
@@ -255,9 +320,65 @@ class ActivityNetDataset(Dataset):
                 ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
                 first_problem,
             )
+        if mode == "features":
+            kept = self._check_feature_layout(kept, skipped, on_error)
+        else:
+            _warn_duration_mismatch(kept)
         self.skipped: dict[str, int] = dict(skipped)
         self.videos = tuple(v for v, _ in kept)
         self.media = tuple(m for _, m in kept)
+        self.bad_videos = _bad_video_limit(max_bad_videos, len(self.videos))
+        self._too_large_logged: set[str] = set()
+
+    def _check_feature_layout(
+        self,
+        kept: list[tuple[VideoAnnotation, MediaInfo]],
+        skipped: Counter[str],
+        on_error: str,
+    ) -> list[tuple[VideoAnnotation, MediaInfo]]:
+        """Refuse feature files saved ``[C, T]`` (read as ``[T, C]`` they would be transposed)."""
+        shapes = [m.shape for _, m in kept if m.shape is not None]
+        expected = self.feature_dim
+        if expected is None and len(shapes) >= 2:
+            firsts, seconds = Counter(s[0] for s in shapes), Counter(s[1] for s in shapes)
+            if len(seconds) == 1:
+                expected = shapes[0][1]
+            elif len(firsts) == 1:  # every file shares its first dimension: all are [C, T]
+                expected = shapes[0][0]
+            else:
+                expected = seconds.most_common(1)[0][0]
+        if expected is None:
+            return kept
+        out: list[tuple[VideoAnnotation, MediaInfo]] = []
+        for video, info in kept:
+            shape = info.shape
+            if shape is None or shape[1] == expected:
+                out.append((video, info))
+                continue
+            if shape[0] == expected:
+                problem = (
+                    f"feature file {str(info.path)!r} of video {video.video_id!r} has shape "
+                    f"{tuple(shape)}: it looks saved as [C, T] with C={expected}, but features "
+                    f"are read as [T, C]. Save it transposed: np.save(path, features.T)"
+                )
+                reason = "transposed features"
+            else:
+                problem = (
+                    f"feature file {str(info.path)!r} of video {video.video_id!r} has shape "
+                    f"{tuple(shape)}; expected [T, {expected}] (C={expected}"
+                    + (
+                        " from feature_dim"
+                        if self.feature_dim is not None
+                        else ", as the other files"
+                    )
+                    + "). Re-extract it with the same encoder as the others"
+                )
+                reason = "feature size"
+            if on_error == "raise":
+                raise ValueError(problem + ", or pass on_error='skip' to drop it.")
+            skipped[reason] += 1
+            logger.warning("skipping: %s.", problem)
+        return out
 
     def _probe(self, video: VideoAnnotation) -> MediaInfo:
         path = find_media(self.root, video.video_id, self.mode)
@@ -284,6 +405,38 @@ class ActivityNetDataset(Dataset):
         elif info.num_frames < 1:
             raise ValueError(f"feature file {str(path)!r} has no rows.")
         return info
+
+    def _worker_source(self, source: MediaSnippetSource) -> SnippetSource:
+        """Decode ``source`` whole, as uint8, when it fits ``worker_decode_bytes``."""
+        name = source.video_id or str(source.path)
+        if source.whole_video_bytes > self.worker_decode_bytes:
+            if name not in self._too_large_logged:
+                self._too_large_logged.add(name)
+                logger.info(
+                    "video %r: its uint8 snippets take %.1f MB, over worker_decode_bytes "
+                    "(%.1f MB); it is decoded lazily in the main process instead.",
+                    name,
+                    source.whole_video_bytes / 2**20,
+                    self.worker_decode_bytes / 2**20,
+                )
+            return source
+        try:
+            pixels = source.decode_uint8(torch.arange(len(source)), count_failure=False)
+        except SnippetReadError as err:
+            # Keep the lazy source: it fails again where it is encoded, where the trainer's
+            # on_bad_video policy skips and counts it (an error raised here would end the
+            # DataLoader's epoch instead).
+            logger.debug("worker decoding of %r failed (%s); left to the lazy source", name, err)
+            return source
+        return DecodedSource(
+            pixels,
+            dtype=self.dtype,
+            mean=self.mean,
+            std=self.std,
+            pin_memory=self.pin_memory,
+            video_id=source.video_id,
+            path=source.path,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Change the crop draws of the next items (call once per epoch, as with samplers)."""
@@ -369,6 +522,63 @@ class ActivityNetDataset(Dataset):
             std=self.std,
             video_id=video.video_id,
             cache_bytes=self.decode_cache_bytes,
+            dtype=self.dtype,
+            pin_memory=self.pin_memory,
+            bad_videos=self.bad_videos,
         )
         times = (frame_idx.float().mean(dim=1) + 0.5) / float(fps)
-        return VideoSample(source, segments, labels, video.video_id, duration, float(fps), times)
+        final: SnippetSource = self._worker_source(source) if self.decode_in_workers else source
+        return VideoSample(final, segments, labels, video.video_id, duration, float(fps), times)
+
+
+def _bad_video_limit(max_bad_videos: int | float | None, total: int) -> BadVideoLimit | None:
+    if max_bad_videos is None:
+        return None
+    if isinstance(max_bad_videos, bool) or not isinstance(max_bad_videos, (int, float)):
+        raise TypeError(
+            f"max_bad_videos must be an int, a float in [0, 1] or None; got {max_bad_videos!r}."
+        )
+    if isinstance(max_bad_videos, float):
+        if not 0.0 <= max_bad_videos <= 1.0:
+            raise ValueError(
+                f"max_bad_videos as a float is a fraction of the videos, in [0, 1]; got "
+                f"{max_bad_videos!r}. Pass an int for a count."
+            )
+        limit = math.ceil(max_bad_videos * total)
+    elif max_bad_videos < 0:
+        raise ValueError(f"max_bad_videos must be >= 0 or None; got {max_bad_videos!r}.")
+    else:
+        limit = max_bad_videos
+    return BadVideoLimit(limit, total=total)
+
+
+# Annotated and real durations may differ by this much (both) before a warning: ActivityNet's
+# durations come from the web page, the files are re-encodes, and a few frames apart is normal.
+_DURATION_TOLERANCE_S = 1.0
+_DURATION_TOLERANCE_FRACTION = 0.05
+
+
+def _warn_duration_mismatch(kept: Sequence[tuple[VideoAnnotation, MediaInfo]]) -> None:
+    """One warning naming the videos whose annotated duration is not their real length."""
+    bad: list[str] = []
+    for video, info in kept:
+        fps = info.fps or video.fps
+        if not fps or info.num_frames <= 0:
+            continue
+        real = info.num_frames / fps
+        diff = abs(real - video.duration)
+        if diff > _DURATION_TOLERANCE_S and diff > _DURATION_TOLERANCE_FRACTION * video.duration:
+            bad.append(
+                f"video {video.video_id!r} ({str(info.path)!r}): annotated "
+                f"{video.duration:.2f} s, the file holds {real:.2f} s "
+                f"({info.num_frames} frames at {fps:g} fps)"
+            )
+    if bad:
+        logger.warning(
+            "%d video(s) whose annotation duration disagrees with the file's length: %s%s. "
+            "Segments are placed as fractions of the annotated duration, so they would land in "
+            "the wrong place: fix the 'duration' in the annotation file, or replace the file.",
+            len(bad),
+            "; ".join(bad[:5]),
+            f"; and {len(bad) - 5} more" if len(bad) > 5 else "",
+        )
