@@ -91,3 +91,27 @@ def test_a_video_over_the_worker_budget_stays_lazy_with_a_log_line(synth, caplog
         ActivityNetDataset(synth, root, worker_decode_bytes=-1, **OPTS)
     with pytest.raises(ValueError, match="dtype must be 'float32'.*'uint8'.*got 'float16'"):
         ActivityNetDataset(synth, root, dtype="float16", **OPTS)  # type: ignore[arg-type]
+
+
+def test_windows_decode_only_their_own_snippets_in_workers(synth, monkeypatch):
+    from sgs_tad.data import WindowedDataset
+
+    root = synthetic_video_dir(synth)
+    opts = dict(num_snippets=None, snippet_length=4, size=24)
+    lazy = WindowedDataset(ActivityNetDataset(synth, root, **opts), window=4, stride=4)
+    base = ActivityNetDataset(synth, root, decode_in_workers=True, **opts)
+    decoded: list[int] = []
+    real = MediaSnippetSource.decode_uint8
+
+    def counting(self, indices, **kw):
+        decoded.append(int(indices.numel()))
+        return real(self, indices, **kw)
+
+    monkeypatch.setattr(MediaSnippetSource, "decode_uint8", counting)
+    windows = WindowedDataset(base, window=4, stride=4, drop_empty=True)
+    assert decoded == []  # building (drop_empty reads annotations) decodes nothing
+    item = windows[1]
+    assert isinstance(item.source, DecodedSource) and decoded == [4]
+    i = next(j for j, w in enumerate(lazy.items) if w == windows.items[1])
+    idx = torch.arange(4)
+    assert torch.equal(item.source.get_snippets(idx), lazy[i].source.get_snippets(idx))

@@ -36,6 +36,7 @@ from sgs_tad.data.snippets import (
     IMAGENET_STD,
     DecodedSource,
     MediaSnippetSource,
+    SliceSource,
     check_normalisation,
     draw_crop,
     snippet_frame_indices,
@@ -406,28 +407,42 @@ class ActivityNetDataset(Dataset):
             raise ValueError(f"feature file {str(path)!r} has no rows.")
         return info
 
-    def _worker_source(self, source: MediaSnippetSource) -> SnippetSource:
-        """Decode ``source`` whole, as uint8, when it fits ``worker_decode_bytes``."""
+    def decoded(
+        self, source: MediaSnippetSource, start: int = 0, stop: int | None = None
+    ) -> SnippetSource:
+        """Snippets ``start:stop`` of ``source`` decoded now, as uint8, within the budget.
+
+        What ``decode_in_workers=True`` does in ``__getitem__`` (and
+        :class:`~sgs_tad.data.WindowedDataset` per window): a
+        :class:`~sgs_tad.data.snippets.DecodedSource` when the snippets' ``uint8`` bytes fit
+        ``worker_decode_bytes``; else, or when decoding fails, the lazy source (over
+        ``start:stop``).
+        """
+        stop = len(source) if stop is None else stop
+        lazy: SnippetSource = (
+            source if (start, stop) == (0, len(source)) else SliceSource(source, start, stop)
+        )
         name = source.video_id or str(source.path)
-        if source.whole_video_bytes > self.worker_decode_bytes:
+        nbytes = source.whole_video_bytes * (stop - start) // max(1, len(source))
+        if nbytes > self.worker_decode_bytes:
             if name not in self._too_large_logged:
                 self._too_large_logged.add(name)
                 logger.info(
                     "video %r: its uint8 snippets take %.1f MB, over worker_decode_bytes "
                     "(%.1f MB); it is decoded lazily in the main process instead.",
                     name,
-                    source.whole_video_bytes / 2**20,
+                    nbytes / 2**20,
                     self.worker_decode_bytes / 2**20,
                 )
-            return source
+            return lazy
         try:
-            pixels = source.decode_uint8(torch.arange(len(source)), count_failure=False)
+            pixels = source.decode_uint8(torch.arange(start, stop), count_failure=False)
         except SnippetReadError as err:
             # Keep the lazy source: it fails again where it is encoded, where the trainer's
             # on_bad_video policy skips and counts it (an error raised here would end the
             # DataLoader's epoch instead).
             logger.debug("worker decoding of %r failed (%s); left to the lazy source", name, err)
-            return source
+            return lazy
         return DecodedSource(
             pixels,
             dtype=self.dtype,
@@ -463,6 +478,12 @@ class ActivityNetDataset(Dataset):
         )
 
     def __getitem__(self, index: int) -> VideoSample:
+        return self.sample(index)
+
+    def sample(self, index: int, *, decode: bool | None = None) -> VideoSample:
+        """Item ``index``; ``decode=False`` keeps the lazy source even with
+        ``decode_in_workers`` (``None``: as the data set is configured)."""
+        decode = self.decode_in_workers if decode is None else decode
         video, info = self.videos[index], self.media[index]
         duration = video.duration
         fps = info.fps or video.fps or info.num_frames / duration
@@ -527,7 +548,7 @@ class ActivityNetDataset(Dataset):
             bad_videos=self.bad_videos,
         )
         times = (frame_idx.float().mean(dim=1) + 0.5) / float(fps)
-        final: SnippetSource = self._worker_source(source) if self.decode_in_workers else source
+        final: SnippetSource = self.decoded(source) if decode else source
         return VideoSample(final, segments, labels, video.video_id, duration, float(fps), times)
 
 
