@@ -10,14 +10,15 @@ one run, each at ``num_workers`` 0, 1 and 2:
   decodes its videos once to ``uint8`` and hands them over in shared memory; the main process
   only indexes them and normalises (on the encoder's device, here the CPU).
 
-Two measurements per setting, each over the second of two epochs (persistent workers, so worker
-start-up is not counted):
+Two measurements per setting (persistent workers; worker start-up is not counted):
 
 * ``videos/s``: the data path alone, every snippet of every video fetched as the engine's
-  phase 1 would (``get_snippets`` over all N), normalised to float32.
+  phase 1 would (``get_snippets`` over all N), normalised to float32; the median of
+  ``--repeats`` epochs, interleaved over the settings so that a busy spell of the machine
+  hits them alike.
 * ``wait %``: the same with a training step after each video (Small3DCNN forward and backward
-  over its 32 snippets, one torch thread), the share of the step's wall time spent waiting for
-  data (``next(loader)`` plus ``get_snippets``).
+  over its 32 snippets, one torch thread), the share of the steps' wall time spent waiting for
+  data (``next(loader)`` plus ``get_snippets``), over ``--train-videos`` videos.
 
 To reproduce::
 
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -66,13 +68,17 @@ def _loader(ds: ActivityNetDataset, workers: int) -> DataLoader:
     )
 
 
-def epoch(loader: DataLoader, encoder: Small3DCNN, *, train: bool) -> tuple[float, float, int]:
-    """``(seconds, seconds waiting for data, videos)`` of one pass over ``loader``."""
+def epoch(
+    loader: DataLoader, encoder: Small3DCNN, *, train: bool, limit: int | None = None
+) -> tuple[float, float, float, int]:
+    """``(seconds, seconds waiting for data, main-process CPU seconds, videos)`` of one pass
+    over ``loader`` (the first ``limit`` videos)."""
     wait = 0.0
     videos = 0
+    cpu = time.process_time()
     start = time.perf_counter()
     it = iter(loader)
-    while True:
+    while limit is None or videos < limit:
         t0 = time.perf_counter()
         try:
             batch = next(it)
@@ -85,25 +91,29 @@ def epoch(loader: DataLoader, encoder: Small3DCNN, *, train: bool) -> tuple[floa
         if train:
             for x in xs:
                 encoder(x).square().mean().backward()
-    return time.perf_counter() - start, wait, videos
+    return time.perf_counter() - start, wait, time.process_time() - cpu, videos
 
 
-def measure(ann: Path, mode: str, workers: int, encoder: Small3DCNN) -> dict:
-    ds = ActivityNetDataset(
+def _dataset(ann: Path, mode: str) -> ActivityNetDataset:
+    return ActivityNetDataset(
         ann, synthetic_video_dir(ann), subset=None, training=True, **SNIPPETS, **MODES[mode][1]
     )
-    loader = _loader(ds, workers)
-    epoch(loader, encoder, train=False)  # warm-up: workers started, files in the page cache
-    seconds, _, videos = epoch(loader, encoder, train=False)
-    step_s, wait_s, _ = epoch(loader, encoder, train=True)
-    return {
-        "mode": mode,
-        "num_workers": workers,
-        "videos": videos,
-        "videos_per_s": videos / seconds,
-        "train_epoch_s": step_s,
-        "wait_share": wait_s / step_s,
-    }
+
+
+def throughput(ann: Path, mode: str, workers: int, encoder: Small3DCNN) -> dict:
+    """Videos per second over the second of two epochs (the first starts the workers)."""
+    loader = _loader(_dataset(ann, mode), workers)
+    epoch(loader, encoder, train=False)
+    seconds, _, cpu, videos = epoch(loader, encoder, train=False)
+    return {"videos_per_s": videos / seconds, "main_cpu_s": cpu, "load": os.getloadavg()[0]}
+
+
+def wait_share(ann: Path, mode: str, workers: int, encoder: Small3DCNN, videos: int) -> float:
+    """Share of the training steps' wall time spent waiting for data (first ``videos``)."""
+    loader = _loader(_dataset(ann, mode), workers)
+    epoch(loader, encoder, train=False, limit=2 * max(1, workers))  # workers started
+    step_s, wait_s, _, _ = epoch(loader, encoder, train=True, limit=videos)
+    return wait_s / step_s
 
 
 def environment() -> dict:
@@ -127,14 +137,15 @@ def table(rows: list[dict]) -> str:
     base = {r["mode"]: r["videos_per_s"] for r in rows if r["num_workers"] == 0}
     default = base.get("lazy", float("nan"))
     lines = [
-        "| data path | num_workers | videos/s | vs its 0 workers | vs default, 0 workers "
-        "| step waiting for data |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| data path | num_workers | videos/s (median) | runs | vs its 0 workers "
+        "| vs default, 0 workers | step waiting for data |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         v = r["videos_per_s"]
         lines.append(
             f"| {MODES[r['mode']][0]} | {r['num_workers']} | {v:.1f} | "
+            f"{', '.join(f'{x:.0f}' for x in r['videos_per_s_runs'])} | "
             f"{v / base[r['mode']]:.2f}× | {v / default:.2f}× | {100 * r['wait_share']:.0f} % |"
         )
     return "\n".join(lines)
@@ -144,21 +155,44 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=48)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--repeats", type=int, default=3, help="throughput epochs per setting")
+    p.add_argument("--train-videos", type=int, default=16, help="videos of the wait-share run")
     p.add_argument("--write-docs", action="store_true", help=f"update {DOC.relative_to(ROOT)}")
     args = p.parse_args()
     torch.set_num_threads(1)
     env = environment()
     torch.manual_seed(0)
     encoder = Small3DCNN().train()
+    settings = [(mode, w) for mode in MODES for w in args.workers]
+    runs: dict[tuple[str, int], list[dict]] = {k: [] for k in settings}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ann = generate_synthetic_dataset(tmp, num_videos=args.videos)
-        for mode in MODES:
-            for workers in args.workers:
-                rows.append(measure(ann, mode, workers, encoder))
-                r = rows[-1]
-                print(f"{mode:8s} workers={workers}: {r['videos_per_s']:.1f} videos/s, "
-                      f"waiting {100 * r['wait_share']:.0f} % of a step", flush=True)  # fmt: skip
+        # Interleaved repeats: a busy spell of the shared machine hits every setting alike.
+        for repeat in range(args.repeats):
+            for mode, workers in settings:
+                r = throughput(ann, mode, workers, encoder)
+                runs[mode, workers].append(r)
+                speed, load = r["videos_per_s"], r["load"]
+                print(f"repeat {repeat}: {mode:8s} workers={workers}: {speed:.1f} videos/s "
+                      f"(load {load:.1f})", flush=True)  # fmt: skip
+        for mode, workers in settings:
+            share = wait_share(ann, mode, workers, encoder, args.train_videos)
+            print(
+                f"{mode:8s} workers={workers}: waiting {100 * share:.0f} % of a step", flush=True
+            )
+            speeds = [r["videos_per_s"] for r in runs[mode, workers]]
+            rows.append(
+                {
+                    "mode": mode,
+                    "num_workers": workers,
+                    "videos_per_s": statistics.median(speeds),
+                    "videos_per_s_runs": speeds,
+                    "main_cpu_s_per_epoch": [r["main_cpu_s"] for r in runs[mode, workers]],
+                    "load_average": [r["load"] for r in runs[mode, workers]],
+                    "wait_share": share,
+                }
+            )
     env["load_average_after"] = list(os.getloadavg())
     text = table(rows)
     print(text)
@@ -169,8 +203,10 @@ def main() -> None:
             f"{BEGIN}\n## The data path: decoding in DataLoader workers\n\n"
             f"`python benchmarks/data_path.py` ({args.videos} synthetic videos, "
             f"{SNIPPETS['num_snippets']} snippets of {SNIPPETS['snippet_length']} frames at "
-            f"{SNIPPETS['size']} px, batch 1, second epoch of two; training step: Small3DCNN "
-            "forward and backward over the video's snippets, one torch thread).\n\n"
+            f"{SNIPPETS['size']} px, batch 1; videos/s: the second epoch of two, median of "
+            f"{args.repeats} interleaved repeats; waiting: {args.train_videos} training steps, "
+            "each a Small3DCNN forward and backward over the video's snippets, one torch "
+            "thread).\n\n"
             f"{text}\n\nMachine: {env['platform']}, {env['cpus']} CPUs, Python {env['python']}, "
             f"torch {env['torch']}, PyAV {env['av']}; load average before/after "
             f"{env['load_average_before'][0]:.1f}/{env['load_average_after'][0]:.1f} "
