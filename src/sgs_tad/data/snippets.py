@@ -409,8 +409,10 @@ class DecodedSource:
         check_normalisation(mean, std)
         self.pixels = pixels
         self.dtype = dtype
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1)
+        # Plain numbers, not tensors: every tensor of a worker's item travels through its own
+        # shared-memory segment, and two more per video cost more than they carry.
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(v) for v in std)
         self.pin_memory = bool(pin_memory)
         self.video_id = video_id
         self.path = None if path is None else Path(path)
@@ -426,7 +428,9 @@ class DecodedSource:
 
     def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
         indices = torch.as_tensor(indices).long().reshape(-1)
-        return _deliver(self.pixels[indices], self.dtype, self.mean, self.std, self.pin_memory)
+        pixels = self.pixels[indices]
+        x = normalise_pixels(pixels, self.mean, self.std) if self.dtype == "float32" else pixels
+        return pin_if_cuda(x) if self.pin_memory else x
 
 
 class SliceSource:
