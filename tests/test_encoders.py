@@ -118,7 +118,7 @@ def test_every_trainable_parameter_gets_a_gradient() -> None:
     [
         (torch.zeros(2, 4, 3, 8, 8), ValueError, r"\[M, 3, L, H, W\].*transpose"),
         (torch.zeros(3, 4, 8, 8), ValueError, "got shape"),
-        (torch.zeros(1, 3, 2, 8, 8, dtype=torch.uint8), TypeError, "floating-point"),
+        (torch.zeros(1, 3, 2, 8, 8, dtype=torch.int32), TypeError, "uint8 pixels .* or"),
     ],
 )
 def test_bad_input_is_rejected(x: torch.Tensor, error: type[Exception], match: str) -> None:

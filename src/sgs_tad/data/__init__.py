@@ -11,8 +11,10 @@ from sgs_tad.data.annotations import (
     parse_annotations,
 )
 from sgs_tad.data.dataset import ActivityNetDataset, VideoBatch, VideoSample, collate_samples
+from sgs_tad.data.failures import BadVideoLimit, TooManyBadVideosError
 from sgs_tad.data.snippets import (
     CropBox,
+    DecodedSource,
     MediaSnippetSource,
     SliceSource,
     draw_crop,
@@ -33,9 +35,12 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "ActivityNetDataset",
     "AnnotationSet",
+    "BadVideoLimit",
     "CropBox",
+    "DecodedSource",
     "MediaSnippetSource",
     "SliceSource",
+    "TooManyBadVideosError",
     "VideoAnnotation",
     "VideoBatch",
     "VideoSample",

@@ -125,7 +125,10 @@ def load_annotations(
     Accepted with a warning (``logging.warning``, with counts): segments that start below 0
     or end past the video's duration (the data set clips them to the video), and, when
     validation videos are read, labels that occur in the validation subset but never in
-    training (no model can learn them).
+    training (no model can learn them); labels (and ``classes``) with leading or trailing
+    whitespace, which are stripped (``"jump "`` is the class ``"jump"``: a stray space in a
+    hand-edited file would otherwise make a new class that no video of the other spelling
+    can teach).
     """
     path = Path(path)
     if not path.is_file():
@@ -168,16 +171,17 @@ def parse_annotations(
             else f"expected a JSON object; got {type(data).__name__}"
         )
     database: Mapping[str, Any] = data["database"]
+    padded: set[str] = set()
     if classes is None:
         names = {
-            str(a.get("label"))
+            _clean_label(a.get("label"), padded)
             for rec in database.values()
             for a in (rec.get("annotations") or [])
             if isinstance(a, Mapping) and "label" in a
         }
         class_list = tuple(sorted(names))
     else:
-        class_list = tuple(str(c) for c in classes)
+        class_list = tuple(_clean_label(c, padded) for c in classes)
         if len(set(class_list)) != len(class_list):
             raise ValueError(f"classes has duplicate names: {list(class_list)!r}")
     class_index = {c: i for i, c in enumerate(class_list)}
@@ -190,7 +194,7 @@ def parse_annotations(
         if wanted is not None and rec.get("subset") != wanted:
             continue
         try:
-            videos.append(_parse_video(str(video_id), rec, class_index))
+            videos.append(_parse_video(str(video_id), rec, class_index, padded))
         except ValueError as err:
             if on_error == "raise":
                 raise
@@ -199,14 +203,33 @@ def parse_annotations(
         logger.warning(
             "skipped %d video(s) with bad annotations (first: %s)", len(problems), problems[0]
         )
+    if padded:
+        logger.warning(
+            "%d label(s) with leading or trailing spaces (%s): stripped, so that e.g. %r and "
+            "%r are one class, not two. Fix the labels in the annotation file (or classes=) "
+            "to silence this warning.",
+            len(padded),
+            ", ".join(repr(lab) for lab in sorted(padded)[:5]),
+            sorted(padded)[0],
+            sorted(padded)[0].strip(),
+        )
     _warn_out_of_range(videos)
     if wanted is None or wanted == "validation":
         _warn_validation_only_labels(database)
     return AnnotationSet(videos=tuple(videos), classes=class_list, skipped=len(problems))
 
 
+def _clean_label(raw: object, padded: set[str]) -> str:
+    """``raw`` as a label without surrounding whitespace; a padded one is added to ``padded``."""
+    label = str(raw)
+    clean = label.strip()
+    if clean != label:
+        padded.add(label)
+    return clean
+
+
 def _parse_video(
-    video_id: str, rec: Mapping[str, Any], class_index: Mapping[str, int]
+    video_id: str, rec: Mapping[str, Any], class_index: Mapping[str, int], padded: set[str]
 ) -> VideoAnnotation:
     try:
         duration = float(rec["duration"])
@@ -230,7 +253,7 @@ def _parse_video(
             raise ValueError(
                 f"video {video_id!r} has segment [{start}, {end}] whose end is not after its start"
             )
-        label = str(a.get("label"))
+        label = _clean_label(a.get("label"), padded)
         if label not in class_index:
             raise ValueError(
                 f"video {video_id!r} has label {label!r}, which is not in the class list "
@@ -286,7 +309,7 @@ def _warn_validation_only_labels(database: Mapping[str, Any]) -> None:
         per_label = counts[str(rec.get("subset"))]
         for a in rec.get("annotations") or []:
             if isinstance(a, Mapping) and "label" in a:
-                label = str(a["label"])
+                label = str(a["label"]).strip()
                 per_label[label] = per_label.get(label, 0) + 1
     if not counts["training"]:
         return  # no training subset in this file: nothing to compare with

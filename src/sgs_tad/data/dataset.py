@@ -28,17 +28,25 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sgs_tad.data.annotations import AnnotationSet, VideoAnnotation, load_annotations
+from sgs_tad.data.checks import bad_video_limit, check_feature_layout, warn_duration_mismatch
 from sgs_tad.data.snippets import (
     DEFAULT_DECODE_CACHE_BYTES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    DecodedSource,
     MediaSnippetSource,
+    SliceSource,
     check_normalisation,
     draw_crop,
     snippet_frame_indices,
 )
 from sgs_tad.data.video import MediaInfo, find_media, load_features, probe_media
-from sgs_tad.engine.sources import NonFiniteSnippetsError, SnippetSource, TensorSource
+from sgs_tad.engine.sources import (
+    NonFiniteSnippetsError,
+    SnippetReadError,
+    SnippetSource,
+    TensorSource,
+)
 
 __all__ = [
     "ActivityNetDataset",
@@ -161,6 +169,31 @@ class ActivityNetDataset(Dataset):
         seed: Seed of the crop draws; the crop of video ``i`` in epoch ``e`` comes from a
             ``torch.Generator`` seeded with ``(seed, e, i)``, the same in any DataLoader worker.
         classes: Class list (default: sorted labels of the whole file).
+        dtype: What the video sources deliver: ``"float32"`` (normalised with ``mean`` and
+            ``std``) or ``"uint8"`` (pixels after crop and resize, a quarter of the bytes; the
+            encoder normalises them on its device: set the same ``mean``/``std`` there, see
+            :meth:`~sgs_tad.encoders.VideoEncoder.set_input_normalisation`).
+        pin_memory: Sources return pinned memory when CUDA is available (for asynchronous
+            copies to the GPU; pinned in the engine's prefetch thread).
+        decode_in_workers: Decode each video's snippets in ``__getitem__``, that is in the
+            DataLoader worker, once, as ``uint8``; the item's source is then a
+            :class:`~sgs_tad.data.snippets.DecodedSource` whose tensor reaches the main process
+            in shared memory. Without it (the default) items hold lazy sources and decoding
+            happens in the main process whatever ``num_workers`` is. Memory: each worker holds
+            up to ``prefetch_factor · batch_size`` decoded videos.
+        worker_decode_bytes: With ``decode_in_workers``, the largest video decoded in a worker
+            (its ``uint8`` snippets, ``N · 3 · L · H · W`` bytes); a larger one keeps a lazy
+            source (decoded in the main process as without the option), with one log line
+            naming it.
+        max_bad_videos: How many distinct videos may fail to decode during a run (each such
+            failure skips a batch under the trainer's ``on_bad_video="skip"``) before
+            :class:`~sgs_tad.data.failures.TooManyBadVideosError` stops it, naming the files:
+            an ``int``, or a ``float`` in ``[0, 1]``, a fraction of the videos (rounded up).
+            ``None``: no limit. The default, 10 %, lets a few corrupt files pass and stops a
+            run whose data disappeared after a few batches.
+        feature_dim: C of ``.npy`` features, when known: a file ``[C, T]`` (saved transposed)
+            is then refused with a message that names it. Without it the layout is checked
+            across files (C is the dimension every file shares).
         on_error: ``"raise"``: a missing file, a video shorter than one snippet, an unknown
             label or an id whose file would lie outside ``root`` (``../x``, an absolute path,
             a symbolic link out of the root: :class:`~sgs_tad.data.video.UnsafeMediaPathError`)
@@ -170,6 +203,10 @@ class ActivityNetDataset(Dataset):
     Raises:
         NonFiniteSnippetsError: from ``__getitem__`` in features mode, when a feature file
             holds NaN or inf (named with the video id and the file).
+
+    Checked when the data set is built, with a warning naming the video: an annotation duration
+    that disagrees with the video's length (frames / fps) by more than 5 % and 1 s (the
+    segments are fractions of the annotated duration, so they would land in the wrong place).
     """
 
     def __init__(
@@ -189,6 +226,12 @@ class ActivityNetDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES,
+        dtype: Literal["float32", "uint8"] = "float32",
+        pin_memory: bool = False,
+        decode_in_workers: bool = False,
+        worker_decode_bytes: int = DEFAULT_DECODE_CACHE_BYTES,
+        max_bad_videos: int | float | None = 0.1,
+        feature_dim: int | None = None,
         seed: int = 0,
         classes: Sequence[str] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
@@ -231,6 +274,28 @@ class ActivityNetDataset(Dataset):
                 f"{decode_cache_bytes!r}."
             )
         self.decode_cache_bytes = decode_cache_bytes
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(
+                f"dtype must be 'float32' (normalised snippets) or 'uint8' (pixels the encoder "
+                f"normalises on its device); got {dtype!r}."
+            )
+        self.dtype: Literal["float32", "uint8"] = dtype
+        self.pin_memory = bool(pin_memory)
+        self.decode_in_workers = bool(decode_in_workers)
+        if (
+            isinstance(worker_decode_bytes, bool)
+            or not isinstance(worker_decode_bytes, int)
+            or worker_decode_bytes < 0
+        ):
+            raise ValueError(
+                f"worker_decode_bytes must be an int >= 0; got {worker_decode_bytes!r}."
+            )
+        self.worker_decode_bytes = worker_decode_bytes
+        if feature_dim is not None and (
+            isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1
+        ):
+            raise ValueError(f"feature_dim must be None or an int >= 1; got {feature_dim!r}.")
+        self.feature_dim = feature_dim
         self.seed = int(seed)
         self.epoch = 0
 
@@ -255,9 +320,15 @@ class ActivityNetDataset(Dataset):
                 ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
                 first_problem,
             )
+        if mode == "features":
+            kept = check_feature_layout(kept, self.feature_dim, skipped, on_error)
+        else:
+            warn_duration_mismatch(kept)
         self.skipped: dict[str, int] = dict(skipped)
         self.videos = tuple(v for v, _ in kept)
         self.media = tuple(m for _, m in kept)
+        self.bad_videos = bad_video_limit(max_bad_videos, len(self.videos))
+        self._too_large_logged: set[str] = set()
 
     def _probe(self, video: VideoAnnotation) -> MediaInfo:
         path = find_media(self.root, video.video_id, self.mode)
@@ -285,6 +356,52 @@ class ActivityNetDataset(Dataset):
             raise ValueError(f"feature file {str(path)!r} has no rows.")
         return info
 
+    def decoded(
+        self, source: MediaSnippetSource, start: int = 0, stop: int | None = None
+    ) -> SnippetSource:
+        """Snippets ``start:stop`` of ``source`` decoded now, as uint8, within the budget.
+
+        What ``decode_in_workers=True`` does in ``__getitem__`` (and
+        :class:`~sgs_tad.data.WindowedDataset` per window): a
+        :class:`~sgs_tad.data.snippets.DecodedSource` when the snippets' ``uint8`` bytes fit
+        ``worker_decode_bytes``; else, or when decoding fails, the lazy source (over
+        ``start:stop``).
+        """
+        stop = len(source) if stop is None else stop
+        lazy: SnippetSource = (
+            source if (start, stop) == (0, len(source)) else SliceSource(source, start, stop)
+        )
+        name = source.video_id or str(source.path)
+        nbytes = source.whole_video_bytes * (stop - start) // max(1, len(source))
+        if nbytes > self.worker_decode_bytes:
+            if name not in self._too_large_logged:
+                self._too_large_logged.add(name)
+                logger.info(
+                    "video %r: its uint8 snippets take %.1f MB, over worker_decode_bytes "
+                    "(%.1f MB); it is decoded lazily in the main process instead.",
+                    name,
+                    nbytes / 2**20,
+                    self.worker_decode_bytes / 2**20,
+                )
+            return lazy
+        try:
+            pixels = source.decode_uint8(torch.arange(start, stop), count_failure=False)
+        except SnippetReadError as err:
+            # Keep the lazy source: it fails again where it is encoded, where the trainer's
+            # on_bad_video policy skips and counts it (an error raised here would end the
+            # DataLoader's epoch instead).
+            logger.debug("worker decoding of %r failed (%s); left to the lazy source", name, err)
+            return lazy
+        return DecodedSource(
+            pixels,
+            dtype=self.dtype,
+            mean=self.mean,
+            std=self.std,
+            pin_memory=self.pin_memory,
+            video_id=source.video_id,
+            path=source.path,
+        )
+
     def set_epoch(self, epoch: int) -> None:
         """Change the crop draws of the next items (call once per epoch, as with samplers)."""
         self.epoch = int(epoch)
@@ -310,6 +427,12 @@ class ActivityNetDataset(Dataset):
         )
 
     def __getitem__(self, index: int) -> VideoSample:
+        return self.sample(index)
+
+    def sample(self, index: int, *, decode: bool | None = None) -> VideoSample:
+        """Item ``index``; ``decode=False`` keeps the lazy source even with
+        ``decode_in_workers`` (``None``: as the data set is configured)."""
+        decode = self.decode_in_workers if decode is None else decode
         video, info = self.videos[index], self.media[index]
         duration = video.duration
         fps = info.fps or video.fps or info.num_frames / duration
@@ -369,6 +492,10 @@ class ActivityNetDataset(Dataset):
             std=self.std,
             video_id=video.video_id,
             cache_bytes=self.decode_cache_bytes,
+            dtype=self.dtype,
+            pin_memory=self.pin_memory,
+            bad_videos=self.bad_videos,
         )
         times = (frame_idx.float().mean(dim=1) + 0.5) / float(fps)
-        return VideoSample(source, segments, labels, video.video_id, duration, float(fps), times)
+        final: SnippetSource = self.decoded(source) if decode else source
+        return VideoSample(final, segments, labels, video.video_id, duration, float(fps), times)

@@ -9,14 +9,16 @@ key frame before the first requested frame when that frame is far from the start
 forward and keeps only the requested frames, stopping after the last one. Frame indices come from
 presentation timestamps, so B-frames and seeking give the same frames as a plain sequential
 decode (tested). Nothing is cached between calls: a source object stays small and picklable,
-and memory holds only the frames of the current request.
+and memory holds only the frames of the current request; with a ``transform`` (crop and resize)
+only their transformed versions and one chunk of full-resolution frames, whatever the
+resolution.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,9 +26,11 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "DEFAULT_CHUNK_BYTES",
     "FEATURE_EXTENSIONS",
     "FRAME_EXTENSIONS",
     "VIDEO_EXTENSIONS",
+    "FrameTransform",
     "MediaInfo",
     "UnsafeMediaPathError",
     "decode_video_frames",
@@ -52,6 +56,17 @@ MediaKind = Literal["video", "frames", "features"]
 # slower than just decoding from frame 0.
 _SEEK_MIN_FRAMES = 32
 
+# Frames missing past the end of the stream that are not worth a warning: containers
+# sometimes overstate the frame count by one.
+_TRUNCATION_TOLERANCE = 1
+
+#: Bytes of full-resolution frames held before a ``transform`` call (a 1080p RGB frame is 6 MB,
+#: so 16 MB is two of them, or about 70 frames of 320x240).
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+#: Maps decoded frames ``uint8 [m, H, W, 3]`` to an array ``[m, ...]`` (crop and resize).
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -64,6 +79,7 @@ class MediaInfo:
         fps: Frames per second when known (video files), else ``None``.
         height: Frame height in pixels (0 for features).
         width: Frame width in pixels (0 for features).
+        shape: The array's shape as stored (features only), else ``None``.
     """
 
     path: Path
@@ -72,6 +88,7 @@ class MediaInfo:
     fps: float | None
     height: int
     width: int
+    shape: tuple[int, int] | None = None
 
 
 def _require(module: str) -> Any:
@@ -202,7 +219,8 @@ def probe_media(path: str | Path, kind: MediaKind) -> MediaInfo:
             raise ValueError(
                 f"feature file {str(path)!r} has shape {arr.shape}; expected [T, C] (2-D)."
             )
-        return MediaInfo(path, "features", int(arr.shape[0]), None, 0, 0)
+        shape = (int(arr.shape[0]), int(arr.shape[1]))
+        return MediaInfo(path, "features", shape[0], None, 0, 0, shape)
     if kind == "frames":
         files = list_frame_files(path)
         if not files:
@@ -225,8 +243,90 @@ def probe_media(path: str | Path, kind: MediaKind) -> MediaInfo:
         return MediaInfo(path, "video", n, fps or None, int(stream.height), int(stream.width))
 
 
+def _chunked(
+    transform: FrameTransform | None, chunk_bytes: int
+) -> tuple[Callable[[int, np.ndarray], None], Callable[[], dict[int, np.ndarray]]]:
+    """Collect decoded frames by index, transformed in chunks of at most ``chunk_bytes``.
+
+    Returns ``(add, finish)``: ``add(index, frame)`` takes one full-resolution frame,
+    ``finish()`` transforms what is left and returns ``{index: transformed frame}``.
+    """
+    got: dict[int, np.ndarray] = {}
+    pending: list[tuple[int, np.ndarray]] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        if not pending or transform is None:
+            return
+        out = transform(np.stack([f for _, f in pending]))
+        for k, (index, _) in enumerate(pending):
+            got[index] = out[k]
+        # Drop the full-resolution frames now: holding them is what made memory grow with
+        # the video's resolution (a 4K clip held whole took gigabytes).
+        pending.clear()
+        pending_bytes = 0
+
+    def add(index: int, frame: np.ndarray) -> None:
+        nonlocal pending_bytes
+        if transform is None:
+            got[index] = frame
+            return
+        if pending and pending_bytes + frame.nbytes > chunk_bytes:
+            flush()
+        pending.append((index, frame))
+        pending_bytes += frame.nbytes
+
+    def finish() -> dict[int, np.ndarray]:
+        flush()
+        return got
+
+    return add, finish
+
+
+_warned_truncated: set[str] = set()
+
+
+def _fill_gaps(path: Path | str, wanted: Sequence[int], got: dict[int, np.ndarray]) -> None:
+    """Serve frames that were never decoded by a neighbour; warn when the file is truncated."""
+    missing = [i for i in wanted if i not in got]
+    if not missing:
+        return
+    have = sorted(got)
+    # A gap: past the end (containers sometimes overstate the frame count by one) or a
+    # timestamp that rounds onto a neighbour (variable frame rate). Serve the nearest
+    # earlier decoded frame, else the nearest later one.
+    for i in missing:
+        k = bisect.bisect_right(have, i)
+        got[i] = got[have[k - 1]] if k > 0 else got[have[0]]
+    beyond = [i for i in missing if i > have[-1]]
+    if (
+        beyond
+        and beyond[-1] > have[-1] + _TRUNCATION_TOLERANCE
+        and str(path) not in _warned_truncated
+    ):
+        _warned_truncated.add(str(path))
+        logger.warning(
+            "video %r is truncated: the stream ends at frame %d but frames up to %d were asked "
+            "for (the container claims more); %d frame(s) past the end are served by the last "
+            "decoded frame. Re-encode or re-download the file, or remove the video from the "
+            "annotation file.",
+            str(path),
+            have[-1],
+            beyond[-1],
+            len(beyond),
+        )
+    else:
+        logger.debug("%s: %d frame(s) served by a neighbour", path, len(missing))
+
+
 def decode_video_frames(
-    path: str | Path, frame_indices: Sequence[int], *, allow_seek: bool = True
+    path: str | Path,
+    frame_indices: Sequence[int],
+    *,
+    allow_seek: bool = True,
+    transform: FrameTransform | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> np.ndarray:
     """Decode the frames at ``frame_indices`` of a video file.
 
@@ -236,13 +336,22 @@ def decode_video_frames(
 
         allow_seek: Seek to the key frame before the first wanted frame (when it is at least
             32 frames in); ``False`` always decodes from the start.
+        transform: Applied to the frames as they are decoded, in chunks: ``uint8 [m, H, W, 3]``
+            to an array ``[m, ...]`` (e.g. crop and resize). Only the transformed frames and
+            one chunk of full-resolution frames are held at a time, so memory does not grow
+            with the video's resolution. ``None`` keeps the decoded frames.
+        chunk_bytes: Bytes of full-resolution frames per ``transform`` call (at least one
+            frame per call).
 
     Returns:
-        ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB), in the order asked. A frame
-        that is never decoded (beyond the end of the stream, or skipped by the timestamps of a
-        variable-frame-rate video) is served by the nearest earlier decoded frame. Frame
-        indices come from timestamps at the stream's average rate: re-encode variable-frame-
-        rate videos to a constant rate for exact indexing.
+        ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB), or the transformed frames
+        ``[len(frame_indices), ...]``, in the order asked. A frame that is never decoded
+        (beyond the end of the stream, or skipped by the timestamps of a variable-frame-rate
+        video) is served by the nearest earlier decoded frame; more than one frame missing
+        past the end (a truncated file whose container still claims its full length) logs a
+        warning naming the file, once per file and process. Frame indices come from
+        timestamps at the stream's average rate: re-encode variable-frame-rate videos to a
+        constant rate for exact indexing.
     """
     av = _require("av")
     wanted = sorted(set(int(i) for i in frame_indices))
@@ -251,11 +360,14 @@ def decode_video_frames(
     if wanted[0] < 0:
         raise ValueError(f"frame indices must be >= 0; got {wanted[0]}.")
     last = wanted[-1]
-    got: dict[int, np.ndarray] = {}
+    add, finish = _chunked(transform, chunk_bytes)
+    found = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         # Single-threaded on purpose: a frame-thread pool costs more to start than decoding a
-        # micro-batch of small frames; parallelism comes from DataLoader workers instead.
+        # micro-batch of small frames. Parallel decoding comes from DataLoader workers only
+        # with ActivityNetDataset(decode_in_workers=True): lazy sources decode in the process
+        # (and the SGS prefetch thread) that asks for the snippets, whatever num_workers is.
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         tb = stream.time_base
         start = stream.start_time or 0
@@ -265,55 +377,66 @@ def decode_video_frames(
             target = int(start + (wanted[0] / fps) / float(tb))
             container.seek(target, stream=stream, backward=True, any_frame=False)
         wanted_set = set(wanted)
+        seen: set[int] = set()
         for seq, frame in enumerate(container.decode(stream)):
             if use_pts and frame.pts is not None:
                 index = round(float((frame.pts - start) * tb) * fps)
             elif seeked:
                 # No timestamp after a seek: the position is unknown, decode from the start.
-                return decode_video_frames(path, frame_indices, allow_seek=False)
+                return decode_video_frames(
+                    path,
+                    frame_indices,
+                    allow_seek=False,
+                    transform=transform,
+                    chunk_bytes=chunk_bytes,
+                )
             else:
                 index = seq
             if index > last:
                 break
-            if index in wanted_set:
+            if index in wanted_set and index not in seen:
                 # Convert now and drop the decoder frame: only the requested frames stay alive.
-                got[index] = frame.to_ndarray(format="rgb24")
-                if len(got) == len(wanted_set):
+                seen.add(index)
+                add(index, frame.to_ndarray(format="rgb24"))
+                found += 1
+                if found == len(wanted_set):
                     break
-    missing = [i for i in wanted if i not in got]
-    if missing:
-        if not got:
-            raise ValueError(
-                f"could not decode frames {missing[:5]} of {str(path)!r}: the stream ended "
-                "before them; the video is shorter than its container says."
-            )
-        # A gap: past the end (containers sometimes overstate the frame count by one) or a
-        # timestamp that rounds onto a neighbour (variable frame rate). Serve the nearest
-        # earlier decoded frame, else the nearest later one.
-        have = sorted(got)
-        for i in missing:
-            k = bisect.bisect_right(have, i)
-            got[i] = got[have[k - 1]] if k > 0 else got[have[0]]
-        logger.debug("%s: %d frame(s) served by a neighbour", path, len(missing))
+    got = finish()
+    if not got:
+        raise ValueError(
+            f"could not decode frames {wanted[:5]} of {str(path)!r}: the stream ended "
+            "before them; the video is shorter than its container says."
+        )
+    _fill_gaps(path, wanted, got)
     return np.stack([got[int(i)] for i in frame_indices])
 
 
-def read_frame_files(files: Sequence[Path], frame_indices: Sequence[int]) -> np.ndarray:
+def read_frame_files(
+    files: Sequence[Path],
+    frame_indices: Sequence[int],
+    *,
+    transform: FrameTransform | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> np.ndarray:
     """Read frames ``frame_indices`` of a frame folder (``files`` from :func:`list_frame_files`).
 
+    Args:
+        files: The folder's image files, in frame order.
+        frame_indices: 0-based frame indices, any order, repeats allowed.
+        transform: As in :func:`decode_video_frames`: applied in chunks as the images are
+            read, so only the transformed frames are held.
+        chunk_bytes: Bytes of full-resolution images per ``transform`` call.
+
     Returns:
-        ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB).
+        ``uint8`` array ``[len(frame_indices), H, W, 3]`` (RGB), or the transformed frames.
     """
     image = _require("PIL.Image")
-    cache: dict[int, np.ndarray] = {}
-    out = []
-    for i in frame_indices:
-        i = int(i)
-        if i not in cache:
-            with image.open(files[i]) as im:
-                cache[i] = np.asarray(im.convert("RGB"))
-        out.append(cache[i])
-    return np.stack(out)
+    add, finish = _chunked(transform, chunk_bytes)
+    for i in sorted(set(int(i) for i in frame_indices)):
+        with image.open(files[i]) as im:
+            add(i, np.asarray(im.convert("RGB")))
+    got = finish()
+    return np.stack([got[int(i)] for i in frame_indices])
 
 
 def load_features(path: str | Path) -> np.ndarray:

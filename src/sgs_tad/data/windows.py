@@ -12,12 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from sgs_tad.data.dataset import VideoSample
-from sgs_tad.data.snippets import SliceSource
+from sgs_tad.data.snippets import MediaSnippetSource, SliceSource
 
 __all__ = ["WindowedDataset", "sliding_windows", "window_sample"]
 
@@ -103,7 +104,8 @@ class WindowedDataset(Dataset):
         for i in range(len(dataset)):
             ranges = sliding_windows(dataset.num_snippets_of(i), window=window, stride=stride)
             if drop_empty:
-                sample = dataset[i]
+                # Only the annotations are read: never decode a whole video for them.
+                sample = dataset.sample(i, decode=False) if _decodes(dataset) else dataset[i]
                 ranges = [
                     r
                     for r in ranges
@@ -116,9 +118,21 @@ class WindowedDataset(Dataset):
 
     def __getitem__(self, index: int) -> VideoSample:
         i, start, stop = self.items[index]
-        return window_sample(self.dataset[i], start, stop, min_visible=self.min_visible)
+        if not _decodes(self.dataset):
+            return window_sample(self.dataset[i], start, stop, min_visible=self.min_visible)
+        # decode_in_workers: decode this window's snippets only, not the whole video per window.
+        lazy = self.dataset.sample(i, decode=False)
+        window = window_sample(lazy, start, stop, min_visible=self.min_visible)
+        if not isinstance(lazy.source, MediaSnippetSource):  # features: already in memory
+            return window
+        return dataclasses.replace(window, source=self.dataset.decoded(lazy.source, start, stop))
 
     def set_epoch(self, epoch: int) -> None:
         """Forward to the wrapped data set (new crop draws)."""
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+
+def _decodes(dataset: Any) -> bool:
+    """Whether ``dataset`` decodes its items in ``__getitem__`` (``decode_in_workers``)."""
+    return bool(getattr(dataset, "decode_in_workers", False)) and hasattr(dataset, "decoded")

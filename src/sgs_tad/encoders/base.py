@@ -8,12 +8,36 @@ the same features, provided no normalisation layer mixes samples (see :mod:`sgs_
 
 Stages are numbered like mmaction2's ``frozen_stages`` (which the ETAD configs use): stage 0 is
 the stem, stages 1..4 are the residual stages ``layer1``..``layer4``.
+
+Input normalisation is the encoder's explicit step: ``uint8`` pixels (from a source built with
+``dtype="uint8"``) are converted and normalised on the encoder's device, after the copy, by
+:meth:`VideoEncoder.normalise_input` with the statistics of
+:meth:`VideoEncoder.set_input_normalisation` (ImageNet's by default). Floating-point input is
+taken as already normalised and passed through untouched.
+
+Example:
+    >>> import torch
+    >>> from sgs_tad.encoders import Small3DCNN
+    >>> enc = Small3DCNN(widths=(8, 8, 8, 8)).eval()
+    >>> pixels = torch.randint(0, 256, (2, 3, 4, 16, 16), dtype=torch.uint8)
+    >>> same = enc(pixels) - enc(enc.normalise_input(pixels))
+    >>> bool(same.abs().max() == 0)
+    True
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from sgs_tad.engine.pixels import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_normalisation,
+    normalise_pixels,
+)
 
 __all__ = ["VideoEncoder"]
 
@@ -31,6 +55,42 @@ class VideoEncoder(nn.Module):
     stage_names: tuple[str, ...]
     #: Smallest frame count per snippet the architecture accepts.
     min_frames: int = 1
+    #: Per-channel mean and standard deviation of pixels in ``[0, 1]`` that ``uint8`` input is
+    #: normalised with (see :meth:`set_input_normalisation`).
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
+
+    def set_input_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise ``uint8`` input with ``mean`` and ``std`` (use the data set's values).
+
+        Raises:
+            ValueError: unless 3 finite means and 3 finite standard deviations > 0.
+        """
+        check_normalisation(mean, std)
+        self.input_mean = (float(mean[0]), float(mean[1]), float(mean[2]))
+        self.input_std = (float(std[0]), float(std[1]), float(std[2]))
+        self.__dict__.pop("_input_stats", None)
+
+    def normalise_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``uint8`` pixels to normalised ``float32`` on ``x``'s device; float input as it is.
+
+        The same arithmetic as a ``float32`` :class:`~sgs_tad.data.MediaSnippetSource`
+        (:func:`~sgs_tad.engine.pixels.normalise_pixels`), so both give the same features.
+        """
+        if x.dtype != torch.uint8:
+            return x
+        # The statistics live on the device once (a copy per call would be a host sync each).
+        cache: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]]
+        cache = self.__dict__.setdefault("_input_stats", {})
+        key = (x.device, x.dim())
+        if key not in cache:
+            shape = (1, 3, *([1] * (x.dim() - 2)))
+            cache[key] = (
+                torch.tensor(self.input_mean, dtype=torch.float32).view(shape).to(x.device),
+                torch.tensor(self.input_std, dtype=torch.float32).view(shape).to(x.device),
+            )
+        mean, std = cache[key]
+        return normalise_pixels(x, mean, std)
 
     def stage_prefixes(self, frozen_stages: int) -> list[str]:
         """Qualified submodule names covered by the first ``frozen_stages`` stages.
@@ -59,7 +119,7 @@ class VideoEncoder(nn.Module):
         return [*self.stem_names, *self.stage_names[:frozen_stages]]
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear error unless ``x`` is a float tensor ``[M, 3, L, H, W]``."""
+        """Raise a clear error unless ``x`` is a float or uint8 tensor ``[M, 3, L, H, W]``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{type(self).__name__} expects a tensor [M, 3, L, H, W], got {type(x).__name__}."
@@ -70,10 +130,11 @@ class VideoEncoder(nn.Module):
                 f" got shape {tuple(x.shape)}. For [M, L, 3, H, W] input pass "
                 "x.transpose(1, 2)."
             )
-        if not x.is_floating_point():
+        if not x.is_floating_point() and x.dtype != torch.uint8:
             raise TypeError(
-                f"{type(self).__name__} expects floating-point pixels, got {x.dtype}; convert "
-                "and normalise first, e.g. x.float() / 255."
+                f"{type(self).__name__} expects uint8 pixels (normalised by the encoder) or "
+                f"normalised floating-point snippets, got {x.dtype}; convert to uint8, or "
+                "normalise yourself, e.g. (x.float() / 255 - mean) / std."
             )
         if x.shape[2] < self.min_frames:
             raise ValueError(
@@ -89,12 +150,14 @@ class VideoEncoder(nn.Module):
         """Encode snippets.
 
         Args:
-            x: Snippets ``[M, 3, L, H, W]``, any M >= 0.
+            x: Snippets ``[M, 3, L, H, W]``, any M >= 0: normalised floats, or ``uint8``
+                pixels that :meth:`normalise_input` converts here, on the device.
 
         Returns:
             Features ``[M, out_channels]``, averaged over time and space.
         """
         self.check_input(x)
         if x.shape[0] == 0:
-            return x.new_zeros((0, self.out_channels))
-        return self.forward_features(x)
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            return x.new_zeros((0, self.out_channels), dtype=dtype)
+        return self.forward_features(self.normalise_input(x))

@@ -150,7 +150,15 @@ class MicroBatch:
                 stop += 1
             parts.append(sources[videos[start]].get_snippets(self.positions[start:stop]))
             start = stop
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if len(parts) == 1:
+            return parts[0]
+        if parts[0].device.type == "cpu" and parts[0].is_pinned():
+            # Sources that pin (pin_memory=True) keep the concatenation pinned too, else the
+            # copy to the GPU would be staged synchronously after all.
+            shape = (sum(int(p.shape[0]) for p in parts), *parts[0].shape[1:])
+            out = torch.empty(shape, dtype=parts[0].dtype, pin_memory=True)
+            return torch.cat(parts, dim=0, out=out)
+        return torch.cat(parts, dim=0)
 
 
 def pack(videos: torch.Tensor, positions: torch.Tensor, size: int) -> list[MicroBatch]:

@@ -36,12 +36,21 @@ class SnippetReadError(RuntimeError):
     Attributes:
         video_id: The video's id, when the source knows it.
         path: The file that failed, when there is one.
+        reason: ``"missing file"`` (the file is gone) or ``"unreadable"`` (anything else).
     """
 
-    def __init__(self, message: str, *, video_id: str | None = None, path: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        video_id: str | None = None,
+        path: object = None,
+        reason: str = "unreadable",
+    ) -> None:
         super().__init__(message)
         self.video_id = video_id
         self.path = path
+        self.reason = reason
 
 
 class NonFiniteSnippetsError(ValueError):
