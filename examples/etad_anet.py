@@ -58,6 +58,7 @@ from etad.training import (
 )
 from sgs_tad import SGSTrainer
 from sgs_tad.data import ActivityNetDataset
+from sgs_tad.data.failures import TooManyBadVideosError
 from sgs_tad.engine.sources import NonFiniteSnippetsError
 from sgs_tad.training.callbacks import GradientStats
 from sgs_tad.training.distributed import barrier
@@ -125,12 +126,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t_train, cpu_train = time.perf_counter(), time.process_time()
     try:
         fit = trainer.fit(train_items, epochs=args.epochs, batch_size=args.batch_size,
-                          collate_fn=collate, resume=args.resume,
+                          collate_fn=collate, resume=args.resume, num_workers=args.decode_workers,
                           resume_override=args.resume_override)  # fmt: skip
     except ValueError as err:
         if "other settings" in str(err):  # a resume that would silently change the run
             fail(str(err))
         raise
+    except TooManyBadVideosError as err:  # data that broke or vanished: name it in one line
+        fail(f"{err} The last checkpoint is in {checkpoints}; fix the files and --resume.")
     except FloatingPointError as err:  # a run that stopped learning: say it in one line
         fail(f"training stopped at step {trainer.step}: {err} The last checkpoint is in "
              f"{checkpoints}.")  # fmt: skip

@@ -102,6 +102,9 @@ def test_evaluate_reproduces_the_training_run_numbers(trained: tuple[Path, Path]
         (["--layout", "thumos", "--window", "0"], "--window must be >= 1; got 0"),
         (["--window", "16"], "--window 16 is the size of a --layout thumos sliding window"),
         (["--layout", "thumos", "--num-snippets", "16"], "pass --window instead"),
+        (["--decode-workers", "-1"], "--decode-workers must be >= 0"),
+        (["--max-bad-videos", "2.5"], "--max-bad-videos must be a fraction in [0, 1)"),
+        (["--pixels", "int8"], "invalid choice: 'int8'"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(
@@ -143,6 +146,18 @@ def test_features_mode_trains_the_detector_only(
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["average_mAP"] <= 1.0
     assert metrics["settings"]["features"] == str(features)
+
+
+def test_uint8_pixels_decoded_in_a_worker_train_exactly_as_float32(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--pixels uint8 --decode-workers 1``: the video decoded once in a DataLoader worker,
+    handed over as uint8 and normalised by the encoder gives the run of the float32 path."""
+    data, reference = trained
+    out = tmp_path / "out"
+    run("--epochs", "1", "--data-root", data, "--output-dir", out, "--pixels", "uint8",
+        "--decode-workers", "1", *TINY)  # fmt: skip
+    assert (out / "predictions.json").read_text() == (reference / "predictions.json").read_text()
 
 
 def test_bf16_amp_trains_end_to_end_and_reports_the_run_peak(

@@ -26,6 +26,11 @@ from .options import THUMOS, fail, pretrain_config, pretrains
 
 log = logging.getLogger("etad_anet")
 
+#: Pixel statistics of the synthetic set, used by the data path (float32) and by the encoder
+#: (uint8 input is normalised on the device with the same numbers).
+PIXEL_MEAN = (0.5, 0.5, 0.5)
+PIXEL_STD = (0.25, 0.25, 0.25)
+
 
 def data_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
     """(annotation file, media root, mode) of the run's arguments."""
@@ -67,10 +72,23 @@ def dataset_options(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     # thumos: num_snippets=None takes snippets back to back (a fixed stride of
     # --snippet-length frames), however long the video
     thumos = args.layout == "thumos"
+    cache = int(getattr(args, "decode_cache_mb", 256) * 2**20)
+    cuda = str(args.device).startswith("cuda")
+    bad = getattr(args, "max_bad_videos", 0.1)
     return dict(mode=mode, num_snippets=None if thumos else args.num_snippets,
-                snippet_length=args.snippet_length, size=args.size, mean=(0.5,) * 3,
-                std=(0.25,) * 3,
-                decode_cache_bytes=int(getattr(args, "decode_cache_mb", 256) * 2**20))  # fmt: skip
+                snippet_length=args.snippet_length, size=args.size, mean=PIXEL_MEAN,
+                std=PIXEL_STD, decode_cache_bytes=cache, dtype=pixel_dtype(args),
+                pin_memory=cuda, decode_in_workers=getattr(args, "decode_workers", 0) > 0,
+                worker_decode_bytes=max(cache, 1),
+                max_bad_videos=int(bad) if bad >= 1 else bad)  # fmt: skip
+
+
+def pixel_dtype(args: argparse.Namespace) -> str:
+    """``--pixels``: uint8 on CUDA for ``auto`` (models saved before the option: float32)."""
+    pixels = getattr(args, "pixels", "float32")
+    if pixels == "auto":
+        return "uint8" if str(args.device).startswith("cuda") else "float32"
+    return str(pixels)
 
 
 def windowed(args: argparse.Namespace, dataset: ActivityNetDataset, *, training: bool) -> Any:

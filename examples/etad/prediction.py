@@ -20,7 +20,7 @@ from sgs_tad.data.snippets import MediaSnippetSource, draw_crop, snippet_frame_i
 from sgs_tad.data.video import probe_media
 from sgs_tad.detection.postprocess import merge_window_detections
 
-from .data import data_paths, dataset_options
+from .data import PIXEL_MEAN, PIXEL_STD, data_paths, dataset_options
 from .detections import to_detections
 from .detector import Detector
 from .evaluation import evaluate, evaluation_summary, predict_videos, print_evaluation
@@ -122,8 +122,8 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
         kind="video",
         crop=draw_crop((info.height, info.width), size, mode="center"),
         size=size,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
+        mean=PIXEL_MEAN,
+        std=PIXEL_STD,
     )
     duration = info.num_frames / info.fps  # type: ignore[operator]
     if not thumos:

@@ -24,6 +24,7 @@ from sgs_tad.training.distributed import init_distributed
 from sgs_tad.training.optimization import SchedulerFactory, step_decay, warmup_cosine
 
 from .config import ETADConfig
+from .data import PIXEL_MEAN, PIXEL_STD
 from .detector import Detector
 from .options import fail, temporal_scale
 
@@ -47,11 +48,15 @@ def build_models(
         encoder: nn.Module = nn.Identity()
         channels = in_channels
     else:
-        encoder = build_encoder(args.encoder, weights=args.weights)
+        video = build_encoder(args.encoder, weights=args.weights)
         frozen = args.frozen_stages
         if args.encoder != "small3d" or frozen >= 0:
-            encoder = freeze_encoder(encoder, frozen_stages=frozen)
-        channels = encoder.out_channels
+            video = freeze_encoder(video, frozen_stages=frozen)
+        channels = video.out_channels
+        # uint8 snippets (--pixels) are normalised by the encoder, on the device, with the
+        # data set's statistics; float snippets arrive normalised and pass through
+        video.set_input_normalisation(PIXEL_MEAN, PIXEL_STD)
+        encoder = video
     config = ETADConfig.small(
         in_channels=channels,
         temporal_scale=temporal_scale(args),
