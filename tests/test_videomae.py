@@ -255,7 +255,7 @@ def test_checkpoint_file_via_build_encoder_and_errors(tmp_path: Path) -> None:
         load_pretrained(build_encoder("videomae_tiny"), learned)
     hf = _hf_file(source.state_dict())
     hf["videomae.encoder.layer.0.attention.attention.key.bias"] = torch.zeros(64)
-    with pytest.raises(ValueError, match="no key bias"):
+    with pytest.raises(ValueError, match="has a key bias"):
         load_pretrained(build_encoder("videomae_tiny"), hf, layout="hf")
     assert convert_state_dict(source, _hf_file(source.state_dict()))[1] == "hf"
 
@@ -275,14 +275,16 @@ def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _sgs_vs_end_to_end(
-    make, snippets: torch.Tensor, *, k: int, seed: int = 11
+    make, snippets: torch.Tensor, *, k: int, seed: int = 11, **sgs_options: Any
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Encoder gradients of EndToEnd and of SGS at ratio 1, from the same initial state and
     the same global RNG seed (so dropout draws agree when both run one micro-batch)."""
     out = []
     for engine_of in (
         lambda e: sgs_tad.EndToEnd(e),
-        lambda e: sgs_tad.SequentializedGradientSampler(e, micro_batch_size=k, ratio=1.0),
+        lambda e: sgs_tad.SequentializedGradientSampler(
+            e, micro_batch_size=k, ratio=1.0, **sgs_options
+        ),
     ):
         enc = make()
         weights = torch.randn(
@@ -331,3 +333,107 @@ def test_sgs_replays_dropout_with_small_micro_batches() -> None:
     feats.sum().backward()
     sgs.backward(snippets, feats)
     assert all(p.grad is not None for p in enc.parameters())
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def _hf_config(**opts: Any) -> Any:
+    transformers = pytest.importorskip("transformers")
+    # VideoMAE's code uses LayerNorm eps 1e-6; transformers' config default is 1e-12.
+    base = dict(
+        image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=64,
+        num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, layer_norm_eps=1e-6,
+        num_labels=5,
+    )  # fmt: skip
+    return transformers.VideoMAEConfig(**(base | opts))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("hub_names", [False, True])
+def test_features_equal_transformers_videomae_after_conversion(hub_names: bool) -> None:
+    """transformers' VideoMAEForVideoClassification as the reference: fc_norm(mean(tokens))."""
+    from transformers import VideoMAEForVideoClassification
+
+    torch.manual_seed(0)
+    hf = _randomise(VideoMAEForVideoClassification(_hf_config()), 1).eval()
+    # transformers builds this fc_norm with LayerNorm's default eps 1e-5 where VideoMAE (and
+    # the checkpoints' training) used 1e-6: align it, or features differ by ~1e-6 relative.
+    hf.fc_norm.eps = 1e-6
+    sd = hf.state_dict()
+    if hub_names:  # the files on the Hub (and transformers 4.x) name the biases q_bias / v_bias
+        sd = {
+            k.replace("query.bias", "q_bias").replace("value.bias", "v_bias"): v
+            for k, v in sd.items()
+        }
+    ours = build_encoder("videomae_tiny").eval()
+    report = load_pretrained(ours, sd)
+    assert report.layout == "hf" and not report.missing and not report.unexpected
+    x = _x(3, seed=2)
+    with torch.no_grad():
+        tokens = hf.videomae(pixel_values=x.transpose(1, 2)).last_hidden_state
+        reference = hf.fc_norm(tokens.mean(1))
+        got = ours(x)
+    assert _rel(got, reference) <= 1e-5
+
+
+def test_features_equal_transformers_without_mean_pooling() -> None:
+    from transformers import VideoMAEModel
+
+    hf = _randomise(VideoMAEModel(_hf_config(use_mean_pooling=False)), 2).eval()
+    ours = build_encoder("videomae_tiny", use_mean_pooling=False).eval()
+    assert load_pretrained(ours, hf.state_dict()).layout == "hf"
+    x = _x(2, seed=3)
+    with torch.no_grad():
+        reference = hf(pixel_values=x.transpose(1, 2)).last_hidden_state.mean(1)
+        assert _rel(ours(x), reference) <= 1e-5
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def _lora(enc: nn.Module, seed: int) -> nn.Module:
+    peft = pytest.importorskip("peft")
+    # A regex (peft full-matches it), so that patch_embed.proj, a Conv3d, is not adapted.
+    blocks = r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=blocks)
+    model = peft.get_peft_model(enc, config)
+    # peft starts lora_B at zero (a no-op) and draws lora_A from the global RNG: set both from
+    # a seeded generator, so the adapters change the output and two builds are identical.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def test_lora_adapts_every_targeted_linear_and_changes_the_output() -> None:
+    base = _tiny(4)
+    x = _x(2, seed=1)
+    with torch.no_grad():
+        before = base(x)
+    model = _lora(base, 5)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    # 2 blocks x (qkv, proj, fc1, fc2), each with an A and a B matrix.
+    assert len(trainable) == 2 * 4 * 2, trainable
+    with torch.no_grad():
+        after = model(x)
+    assert _rel(after, before) > 1e-3  # qkv goes through the module: LoRA is not bypassed
+
+
+def test_lora_under_sgs_equals_end_to_end_float64() -> None:
+    snippets = _x(4, seed=9, dtype=torch.float64).unsqueeze(0)
+
+    def make() -> nn.Module:
+        model = _lora(_tiny(7, drop_path_rate=0.2, drop_rate=0.1).double().train(), 5)
+        model.out_channels = TINY["embed_dim"]  # read by _sgs_vs_end_to_end
+        return model
+
+    reference, got = _sgs_vs_end_to_end(make, snippets, k=4)
+    assert reference and all("lora_" in n for n in reference)
+    assert_same_grads(got, reference, 1e-10)

@@ -11,6 +11,9 @@ Encoders, built by name with :func:`build_encoder`:
   :class:`VideoMAE`, a ViT over tubelets (C = ``embed_dim``); LayerNorm only, exact under SGS in
   training mode, dropout and drop-path included.
 
+:class:`HFVideoEncoder` wraps a Hugging Face ``transformers`` video backbone (VideoMAE,
+TimeSformer, ViViT, V-JEPA 2) built by the user; it is not in the registry.
+
 The large ones load public checkpoints from a local file (:func:`load_pretrained`; layouts in
 :mod:`sgs_tad.encoders.checkpoints`). The paper fixes the first two stages and freezes every
 BatchNorm (§4.1): :func:`freeze_encoder` does both (for a ViT, stage 0 is the patch embedding
@@ -38,6 +41,7 @@ from torch import nn
 
 from sgs_tad.encoders.base import VideoEncoder
 from sgs_tad.encoders.checkpoints import Layout, LoadReport, load_pretrained, read_state_dict
+from sgs_tad.encoders.hf import HFVideoEncoder
 from sgs_tad.encoders.r2plus1d import R2Plus1D34
 from sgs_tad.encoders.small3d import Small3DCNN
 from sgs_tad.encoders.tsm import TSMResNet50, temporal_shift
@@ -47,6 +51,7 @@ from sgs_tad.engine.norm import freeze_norm_layers, freeze_stages
 __all__ = [
     "ENCODERS",
     "EncoderName",
+    "HFVideoEncoder",
     "LoadReport",
     "R2Plus1D34",
     "Small3DCNN",

@@ -103,9 +103,13 @@ def merge_hf_qkv(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     """Concatenate Hugging Face's separate ``query`` / ``key`` / ``value`` weights into one
     ``qkv`` weight ``[3 D, D]`` (query rows first), as VideoMAE stores them.
 
+    The query and value biases are ``q_bias`` / ``v_bias`` in the files on the Hub and in
+    ``transformers`` 4.x, ``query.bias`` / ``value.bias`` in the state dict of a
+    ``transformers`` 5 model; both become ``q_bias`` / ``v_bias``.
+
     Raises:
-        ValueError: If a block lacks one of the three, or has a key bias, which VideoMAE cannot
-            represent (its key bias is fixed at zero).
+        ValueError: If a block lacks one of the three weights, or has a key bias, which VideoMAE
+            cannot represent (its key bias is fixed at zero).
     """
     out: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -115,13 +119,15 @@ def merge_hf_qkv(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
             out[key] = value
             continue
         prefix, which, kind = m.groups()
-        if kind == "bias":
+        if kind == "weight":
+            parts.setdefault(prefix, {})[which] = value
+        elif which == "key":
             raise ValueError(
-                f"{key}: the checkpoint has a {which} bias on the linear layer itself; "
-                "VideoMAE keeps its query and value biases as q_bias / v_bias and has no key "
-                "bias, so this is not a VideoMAE checkpoint."
+                f"{key}: the checkpoint has a key bias; VideoMAE has query and value biases "
+                "only (no key bias), so this is not a VideoMAE checkpoint."
             )
-        parts.setdefault(prefix, {})[which] = value
+        else:
+            out[f"{prefix}.{which[0]}_bias"] = value
     for prefix, qkv in parts.items():
         if set(qkv) != {"query", "key", "value"}:
             raise ValueError(f"{prefix}: found only {sorted(qkv)} of query / key / value weights.")
