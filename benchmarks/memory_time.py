@@ -14,7 +14,15 @@ it reports, relative to naive end-to-end training at the same N:
 Methods, all through the library's engines: ``naive`` (``EndToEnd``: all N snippets in one
 graph), ``ckpt`` (``EndToEnd(checkpoint=True)``: ``torch.utils.checkpoint`` over micro-batches
 of K, non-reentrant, as OpenTAD does), ``sgs`` (``SequentializedGradientSampler``) and, with
-``--keep``, SGS with the sampled micro-batches' graphs kept (``keep_graphs="all"``).
+``--keep``, SGS with the sampled micro-batches' graphs kept (``keep_graphs="all"``). For the
+VideoMAE encoders, ``--vit`` adds OpenTAD's full fine-tuning (``opentad``: all chunks in one
+graph, per-block activation checkpointing, ``checkpoint_blocks=True``) and SGS with that
+in-snippet checkpointing (``sgs+cp``).
+
+``--predict-above BYTES`` bounds the run: a one-snippet probe of the planner
+(:func:`sgs_tad.plan.measure_snippet_cost`, per encoder variant) predicts every configuration,
+and those predicted to need more than BYTES (or whose method is in ``--predict-methods``) are
+reported from the prediction, marked "predicted", instead of run.
 
 To reproduce::
 
@@ -23,6 +31,9 @@ To reproduce::
     python benchmarks/memory_time.py --encoder tsm_r50 --n 16,32,64 --k 1,2,4,8 \\
         --ratios 0.1,0.3,1.0 --keep                      # the paper's Table 3, random init
     python benchmarks/memory_time.py --encoder r2plus1d_34 --device cuda ...   # on a GPU
+    python benchmarks/memory_time.py --encoder videomae_s --shape 3,16,160,160 --n 24,48 \
+        --k 1 --ratios 0.3 --vit --repeats 0 --iterations 1 --predict-above 20e9 \
+        --predict-methods naive,ckpt,opentad    # OpenTAD's THUMOS chunks, bounded CPU time
 
 Each run writes its table to ``docs/benchmarks.md`` (one section per encoder and device) and
 its rows to ``benchmarks/results/memory_time-<encoder>-<device>.json``.
@@ -92,21 +103,23 @@ def build_encoder(cfg: dict) -> nn.Module:
     from sgs_tad import freeze_norm_layers
     from sgs_tad.encoders import build_encoder as build
 
-    return freeze_norm_layers(build(cfg["encoder"]))
+    opts = {"checkpoint_blocks": True} if cfg.get("blocks_ckpt") else {}
+    return freeze_norm_layers(build(cfg["encoder"], **opts))
 
 
 def make_engine(cfg: dict, encoder: nn.Module) -> Any:
     """The method's engine: the library's EndToEnd (naive, checkpointing) or SGS."""
     from sgs_tad import EndToEnd, SequentializedGradientSampler
 
-    if cfg["method"] == "naive":
-        return EndToEnd(encoder)
+    if cfg["method"] in ("naive", "opentad"):
+        return EndToEnd(encoder)  # opentad: blocks checkpointed inside the encoder
     if cfg["method"] == "ckpt":
         return EndToEnd(encoder, micro_batch_size=cfg["k"], checkpoint=True)
     k1 = cfg.get("encode_batch_size", "k")
     return SequentializedGradientSampler(
         encoder, micro_batch_size=cfg["k"], ratio=cfg["ratio"], keep_graphs=cfg.get("keep", 0),
-        determinism_check=False, encode_batch_size=None if k1 == "k" else k1,
+        determinism_check=False, independence_check=False,
+        encode_batch_size=None if k1 == "k" else k1,
     )  # fmt: skip
 
 
@@ -120,10 +133,58 @@ def encoder_flops(cfg: dict, engine: Any) -> float:
     n = cfg["n"]
     if cfg["method"] == "naive":
         return 1.0
-    if cfg["method"] == "ckpt":
+    if cfg["method"] in ("ckpt", "opentad"):
         return 4 / 3
     st = engine.stats
-    return (st.snippets_encoded + st.snippets_recomputed + 2 * st.snippets_sampled) / (3 * n)
+    # In-snippet checkpointing runs each sampled snippet's forward once more in its backward.
+    extra = st.snippets_sampled if cfg.get("blocks_ckpt") else 0
+    return (st.snippets_encoded + st.snippets_recomputed + 2 * st.snippets_sampled + extra) / (
+        3 * n
+    )
+
+
+def variant_name(cfg: dict) -> str:
+    """``--predict-methods`` names: naive, opentad, ckpt, sgs, sgs+cp."""
+    cp = cfg["method"] == "sgs" and cfg.get("blocks_ckpt")
+    return cfg["method"] + ("+cp" if cp else "")
+
+
+def probe(cfg: dict) -> dict:
+    """The planner's one-snippet probe of the encoder; runs inside a fresh subprocess."""
+    import dataclasses
+
+    from sgs_tad.plan import measure_snippet_cost
+
+    torch.manual_seed(0)
+    torch.set_num_threads(cfg["threads"])
+    encoder = build_encoder(cfg).to(cfg["device"])
+    cost = measure_snippet_cost(
+        encoder, cfg["shape"], micro_batch_size=1, device=cfg["device"], repeats=1
+    )
+    return dataclasses.asdict(cost)
+
+
+PLANNER_METHOD = {"naive": "naive", "opentad": "naive", "ckpt": "checkpoint", "sgs": "sgs"}
+
+
+def predicted(cfg: dict, cost: Any) -> dict:
+    """A row from the planner's prediction (:func:`sgs_tad.plan.predict`), marked as such.
+
+    Memory is the predicted peak without the parameters and the optimiser state (they exist
+    before training, so the measured RSS growth does not contain them either)."""
+    from sgs_tad.plan import predict
+
+    p = predict(cost, n=cfg["n"], k=cfg["k"], ratio=cfg["ratio"],
+                method=PLANNER_METHOD[cfg["method"]])  # type: ignore[arg-type]  # fmt: skip
+    n, n_s = cfg["n"], p.sampled
+    extra = n_s if cfg.get("blocks_ckpt") and cfg["method"] == "sgs" else 0
+    flops = {"naive": 1.0, "opentad": 4 / 3, "ckpt": 4 / 3}.get(
+        cfg["method"], (n + 3 * n_s + extra) / (3 * n)
+    )
+    growth = p.peak_bytes - cost.param_bytes - cost.optimizer_bytes
+    return {**cfg, "peak_rss_mb": growth / 2**20, "saved_mb": p.saved_bytes / 2**20,
+            "time_s": p.time_s, "flops": flops, "predicted": True,
+            "predicted_peak_mb": p.peak_bytes / 2**20}  # fmt: skip
 
 
 def run_one(cfg: dict) -> dict:
@@ -175,8 +236,7 @@ def run_one(cfg: dict) -> dict:
         return time.perf_counter() - t0
 
     with saved:
-        timed_iteration()
-        times = [timed_iteration()]  # the second memory iteration (used with repeats=0)
+        times = [timed_iteration() for _ in range(cfg.get("iterations", 2))]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     flops = encoder_flops(cfg, engine)
     times += [timed_iteration() for _ in range(cfg["repeats"])]
@@ -185,6 +245,7 @@ def run_one(cfg: dict) -> dict:
         "peak_rss_mb": (peak_rss - base_rss) / 1024,
         "saved_mb": saved.peak / 2**20,
         "time_s": min(times[1:]) if len(times) > 1 else times[0],
+        "iterations": cfg.get("iterations", 2),
         "encode_batch_size": getattr(engine, "encode_batch_size", None),
         "flops": flops,
     }
@@ -203,17 +264,22 @@ def configs(
     keep: bool,
     ckpt_ks: list[int],
     sweep_ks: list[int] = (),  # type: ignore[assignment]
+    vit: bool = False,
 ) -> list[dict]:
     """The grid: per N, naive, checkpointing at ``ckpt_ks``, SGS at ``ks`` × ``ratios`` (and
     kept graphs at γ < 1), plus SGS at ``sweep_ks`` and γ = 0.3 at the largest N only."""
     grid = []
     for n in ns:
         grid.append({"method": "naive", "n": n, "k": n, "ratio": 1.0})
+        if vit:
+            grid.append({"method": "opentad", "n": n, "k": n, "ratio": 1.0, "blocks_ckpt": True})
         for k in ckpt_ks:
             grid.append({"method": "ckpt", "n": n, "k": k, "ratio": 1.0})
         for k in ks:
             for r in ratios:
                 grid.append({"method": "sgs", "n": n, "k": k, "ratio": r})
+                if vit:
+                    grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "blocks_ckpt": True})
                 if keep and r < 1:
                     grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "keep": "all"})
         if n == max(ns):
@@ -244,8 +310,27 @@ def environment() -> str:
 
 def method_name(r: dict) -> str:
     if r["method"] == "sgs" and r.get("keep"):
-        return "SGS, kept graphs"
-    return {"naive": "naive end to end", "ckpt": "checkpoint", "sgs": "SGS"}[r["method"]]
+        name = "SGS, kept graphs"
+    elif r["method"] == "sgs" and r.get("blocks_ckpt"):
+        name = "SGS + in-snippet checkpointing"
+    else:
+        name = {
+            "naive": "naive end to end",
+            "ckpt": "checkpoint",
+            "sgs": "SGS",
+            "opentad": "OpenTAD (per-block checkpointing, all chunks)",
+        }[r["method"]]
+    return name + (" **(predicted)**" if r.get("predicted") else "")
+
+
+def planner(r: dict) -> str:
+    """The planner's prediction of a measured row: saved bytes (and their ratio to the
+    measured ones) and the predicted peak with parameters and AdamW state."""
+    p = r.get("prediction") or (r if r.get("predicted") else None)
+    if p is None:
+        return "-"
+    ratio = "" if r.get("predicted") else f" ({p['saved_mb'] / max(r['saved_mb'], 1e-9):.2f}×)"
+    return f"{p['saved_mb']:.0f}{ratio}, {p['predicted_peak_mb']:.0f}"
 
 
 def table(rows: list[dict]) -> str:
@@ -254,8 +339,8 @@ def table(rows: list[dict]) -> str:
     mem_name = "CUDA peak MB" if mem_key == "cuda_peak_mb" else "peak RSS MB"
     lines = [
         f"| N | method | K | γ | encoder FLOPs × naive | {mem_name} | × naive "
-        "| saved-for-backward MB | × naive | time s | × naive |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| saved-for-backward MB | × naive | time s | × naive | planner: saved MB, peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = naive.get(r["n"])
@@ -268,7 +353,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['n']} | {method_name(r)} | {k} | {g} | {r.get('flops', float('nan')):.2f} | "
             f"{r[mem_key]:.0f} | {rel(mem_key, 3)} | {r['saved_mb']:.1f} | "
-            f"{rel('saved_mb', 3)} | {r['time_s']:.2f} | {rel('time_s', 2)} |"
+            f"{rel('saved_mb', 3)} | {r['time_s']:.2f} | {rel('time_s', 2)} | {planner(r)} |"
         )
     return "\n".join(lines)
 
@@ -278,6 +363,9 @@ ENCODER_NOTE = {
     "small3d": "the main job's small 3D CNN (sgs_tad.encoders, random init)",
     "tsm_r50": "TSM ResNet-50 (sgs_tad.encoders, random init, BatchNorm frozen)",
     "r2plus1d_34": "R(2+1)D-34 (sgs_tad.encoders, random init, BatchNorm frozen)",
+    "videomae_tiny": "VideoMAE tiny preset (sgs_tad.encoders, random init)",
+    "videomae_s": "VideoMAE-S, 22 M parameters (sgs_tad.encoders, random init)",
+    "videomae_b": "VideoMAE-B, 86 M parameters (sgs_tad.encoders, random init)",
 }
 
 
@@ -318,12 +406,34 @@ def main() -> None:
         help="timed iterations after the memory run (0: time the memory run)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--iterations", type=int, default=2, help="iterations in the memory window (default 2)"
+    )
+    parser.add_argument(
+        "--vit", action="store_true", help="add OpenTAD's way and SGS + in-snippet checkpointing"
+    )
+    parser.add_argument(
+        "--predict-above",
+        type=float,
+        default=None,
+        help="bytes: predict (from the planner's one-snippet probe) instead of running every "
+        "configuration predicted to need more",
+    )
+    parser.add_argument(
+        "--predict-methods",
+        default="",
+        help="methods always predicted: naive, opentad, ckpt, sgs, sgs+cp",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
+        return
+    if args.probe:
+        print(json.dumps(probe(json.loads(args.probe))))
         return
     toy = args.encoder == "toy"
     shape = args.shape or ([3, 4, 32, 32] if toy else [3, 8, 112, 112])
@@ -331,13 +441,36 @@ def main() -> None:
     ks = args.k or ([4] if args.quick else [1, 4, 8] if toy else [1, 2, 4, 8])
     ratios = [float(r) for r in args.ratios.split(",")]
     grid = configs(ns, ks, ratios, keep=args.keep, ckpt_ks=args.ckpt_k or ks,
-                   sweep_ks=args.sweep_k)  # fmt: skip
+                   sweep_ks=args.sweep_k, vit=args.vit)  # fmt: skip
     rows = []
+    costs: dict[bool, Any] = {}
+    always = set(filter(None, args.predict_methods.split(",")))
     for cfg in grid:
         k1 = args.encode_batch_size
         cfg.update(device=args.device, repeats=args.repeats, threads=args.threads,
-                   encoder=args.encoder, shape=shape,
+                   encoder=args.encoder, shape=shape, iterations=args.iterations,
                    encode_batch_size=int(k1) if k1.isdigit() else k1)  # fmt: skip
+        if args.predict_above is not None or always:
+            from sgs_tad.engine.memory import SnippetCost
+
+            variant = bool(cfg.get("blocks_ckpt"))
+            if variant not in costs:
+                res = subprocess.run([sys.executable, __file__, "--probe", json.dumps(cfg)],
+                                     capture_output=True, text=True, check=True)  # fmt: skip
+                fields = json.loads(res.stdout.strip().splitlines()[-1])
+                fields["snippet_shape"] = tuple(fields["snippet_shape"])
+                costs[variant] = SnippetCost(**fields)
+            guess = predicted(cfg, costs[variant])
+            too_big = args.predict_above is not None and (
+                guess["predicted_peak_mb"] * 2**20 > args.predict_above
+            )
+            if too_big or variant_name(cfg) in always:
+                rows.append(guess)
+                print(f"predicted: {method_name(guess)} N={cfg['n']} K={cfg['k']} "
+                      f"γ={cfg['ratio']}: peak {guess['predicted_peak_mb']:.0f} MB",
+                      flush=True)  # fmt: skip
+                continue
+            cfg["prediction"] = guess
         res = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
                              capture_output=True, text=True)  # fmt: skip
         if res.returncode != 0:

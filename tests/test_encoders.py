@@ -483,7 +483,9 @@ def test_build_encoder_errors() -> None:
         freeze_encoder(nn.Linear(2, 2))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("module", ["", ".small3d", ".tsm", ".r2plus1d", ".checkpoints"])
+@pytest.mark.parametrize(
+    "module", ["", ".small3d", ".tsm", ".r2plus1d", ".checkpoints", ".videomae"]
+)
 def test_docstring_examples_run(module: str) -> None:
     mod = importlib.import_module("sgs_tad.encoders" + module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)

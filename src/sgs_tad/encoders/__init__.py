@@ -1,15 +1,23 @@
 """Snippet encoders ``[M, 3, L, H, W] -> [M, C]`` for end-to-end TAD, and the paper's freezing.
 
-Three encoders, built by name with :func:`build_encoder`:
+Encoders, built by name with :func:`build_encoder`:
 
 * ``"small3d"`` - :class:`Small3DCNN`, a small residual 3D CNN with GroupNorm for CPU runs
   (C = 128 by default); exact under SGS in training mode.
 * ``"tsm_r50"`` - :class:`TSMResNet50`, TSM-ResNet50 (C = 2048), 8 frames at 224 px in the paper.
 * ``"r2plus1d_34"`` - :class:`R2Plus1D34`, R(2+1)D-34 (C = 512), 16 frames at 112 px in the paper.
+* ``"videomae"`` and the presets ``"videomae_s"``, ``"videomae_b"``, ``"videomae_l"``,
+  ``"videomae_h"``, ``"videomae_g"`` (VideoMAEv2 giant) and ``"videomae_tiny"`` (CPU runs) -
+  :class:`VideoMAE`, a ViT over tubelets (C = ``embed_dim``); LayerNorm only, exact under SGS in
+  training mode, dropout and drop-path included.
 
-The two large ones load public checkpoints from a local file (:func:`load_pretrained`; layouts in
+:class:`HFVideoEncoder` wraps a Hugging Face ``transformers`` video backbone (VideoMAE,
+TimeSformer, ViViT, V-JEPA 2) built by the user; it is not in the registry.
+
+The large ones load public checkpoints from a local file (:func:`load_pretrained`; layouts in
 :mod:`sgs_tad.encoders.checkpoints`). The paper fixes the first two stages and freezes every
-BatchNorm (§4.1): :func:`freeze_encoder` does both.
+BatchNorm (§4.1): :func:`freeze_encoder` does both (for a ViT, stage 0 is the patch embedding
+and stage k the k-th block).
 
 Example:
     >>> import torch
@@ -23,27 +31,33 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 from torch import nn
 
 from sgs_tad.encoders.base import VideoEncoder
 from sgs_tad.encoders.checkpoints import Layout, LoadReport, load_pretrained, read_state_dict
+from sgs_tad.encoders.hf import HFVideoEncoder
 from sgs_tad.encoders.r2plus1d import R2Plus1D34
 from sgs_tad.encoders.small3d import Small3DCNN
 from sgs_tad.encoders.tsm import TSMResNet50, temporal_shift
+from sgs_tad.encoders.videomae import VIDEOMAE_PRESETS, VideoMAE
 from sgs_tad.engine.norm import freeze_norm_layers, freeze_stages
 
 __all__ = [
     "ENCODERS",
     "EncoderName",
+    "HFVideoEncoder",
     "LoadReport",
     "R2Plus1D34",
     "Small3DCNN",
     "TSMResNet50",
     "VideoEncoder",
+    "VideoMAE",
     "build_encoder",
     "freeze_encoder",
     "load_pretrained",
@@ -51,13 +65,27 @@ __all__ = [
     "temporal_shift",
 ]
 
-EncoderName = Literal["small3d", "tsm_r50", "r2plus1d_34"]
+EncoderName = Literal[
+    "small3d",
+    "tsm_r50",
+    "r2plus1d_34",
+    "videomae",
+    "videomae_tiny",
+    "videomae_s",
+    "videomae_b",
+    "videomae_l",
+    "videomae_h",
+    "videomae_g",
+]
 
-#: Encoder classes by registry name.
-ENCODERS: dict[str, type[VideoEncoder]] = {
+#: Encoder constructors by registry name: classes, and VideoMAE with a preset's sizes bound
+#: (keyword options passed to :func:`build_encoder` override them).
+ENCODERS: dict[str, Callable[..., VideoEncoder]] = {
     "small3d": Small3DCNN,
     "tsm_r50": TSMResNet50,
     "r2plus1d_34": R2Plus1D34,
+    "videomae": VideoMAE,
+    **{f"videomae_{k}": functools.partial(VideoMAE, **v) for k, v in VIDEOMAE_PRESETS.items()},
 }
 
 
@@ -75,29 +103,30 @@ def build_encoder(
     :func:`freeze_encoder` for the paper's setting.
 
     Args:
-        name: "small3d", "tsm_r50" or "r2plus1d_34".
+        name: A key of :data:`ENCODERS`: "small3d", "tsm_r50", "r2plus1d_34", "videomae" or a
+            VideoMAE preset ("videomae_tiny", "videomae_s", "_b", "_l", "_h", "_g").
         weights: Path of a checkpoint file to load (see :func:`load_pretrained`).
         layout: Key layout of ``weights``; "auto" detects it.
         strict: Require an exact key match when loading ``weights``.
         **opts: Keyword options of the encoder class (e.g. ``widths=`` for small3d,
-            ``fold_div=`` for tsm_r50, ``bn_eps=`` for r2plus1d_34).
+            ``fold_div=`` for tsm_r50, ``bn_eps=`` for r2plus1d_34, ``drop_path_rate=`` or
+            ``checkpoint_blocks=`` for the VideoMAE ones).
 
     Returns:
         The encoder, mapping ``[M, 3, L, H, W]`` to ``[M, encoder.out_channels]``.
     """
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; known encoders: {sorted(ENCODERS)}.")
-    cls = ENCODERS[name]
-    accepted = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"
-    ]
+    make = ENCODERS[name]
+    accepted = list(inspect.signature(make).parameters)
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
+        cls = make.func if isinstance(make, functools.partial) else make
         raise TypeError(
-            f"build_encoder({name!r}): unknown option(s) {unknown}; {cls.__name__} accepts "
-            f"{accepted}."
+            f"build_encoder({name!r}): unknown option(s) {unknown}; "
+            f"{getattr(cls, '__name__', name)} accepts {accepted}."
         )
-    encoder = cls(**opts)
+    encoder = make(**opts)
     if weights is not None:
         load_pretrained(encoder, weights, layout=layout, strict=strict)
     return encoder

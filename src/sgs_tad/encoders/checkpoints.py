@@ -3,7 +3,7 @@
 Nothing is downloaded: pass the path of a file you fetched yourself. Files are read with
 ``torch.load(..., weights_only=True)``, so a checkpoint can hold tensors and plain containers but
 no pickled code. The state dict is taken from the file's top level, or from its ``"state_dict"``
-(TSM repository, mmaction2) or ``"model"`` (TSP) entry.
+(TSM repository, mmaction2), ``"model"`` (TSP, VideoMAEv2) or ``"module"`` (VideoMAE) entry.
 
 Supported key layouts (``layout=``; ``"auto"`` picks the one that matches most keys):
 
@@ -23,6 +23,11 @@ encoder            layout          example key in the file -> key in the encoder
                                    -> same
 ``r2plus1d_34``    ``tsp``         ``features.layer1.0.conv1.0.0.weight`` under ``"model"``
                                    (HumamAlwassel/TSP) -> ``layer1.0.conv1.0.0.weight``
+``videomae*``      ``videomae``    original VideoMAE / VideoMAEv2 files -> same names
+``videomae*``      ``mmaction2``   ``backbone.blocks.0.mlp.layers.0.0.weight`` (mmaction2,
+                                   OpenTAD) -> ``blocks.0.mlp.fc1.weight``
+``videomae*``      ``hf``          ``videomae.encoder.layer.0.attention.attention.query.weight``
+                                   (Hugging Face) -> rows of ``blocks.0.attn.qkv.weight``
 any                ``native``      the encoder's own ``state_dict()`` keys
 =================  ==============  =========================================================
 
@@ -34,7 +39,8 @@ checkpoint loads into an encoder before or after :func:`sgs_tad.engine.norm.free
 
 Not supported: mmaction2's own R(2+1)D (``conv_s``/``conv_t`` naming), torchvision's
 ``r2plus1d_18`` weights (its hidden widths differ from the per-convolution formula used here) and
-TSM variants with temporal pooling or non-local blocks.
+TSM variants with temporal pooling or non-local blocks. The VideoMAE layouts are detailed in
+:mod:`sgs_tad.encoders.videomae_layouts`.
 """
 
 from __future__ import annotations
@@ -52,6 +58,15 @@ from torch import nn
 
 from sgs_tad.encoders.r2plus1d import R2Plus1D34
 from sgs_tad.encoders.tsm import TSMResNet50
+from sgs_tad.encoders.videomae import VideoMAE
+from sgs_tad.encoders.videomae_layouts import (
+    HEADS,
+    check_position_table,
+    hf_key,
+    merge_hf_qkv,
+    mmaction2_key,
+    videomae_key,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -64,11 +79,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Layout = Literal["auto", "native", "torchvision", "tsm", "mmaction2", "tsp"]
+Layout = Literal["auto", "native", "torchvision", "tsm", "mmaction2", "tsp", "videomae", "hf"]
 StateDict = dict[str, torch.Tensor]
 PathOrStateDict = Union[str, "os.PathLike[str]", Mapping[str, torch.Tensor]]
 
-_HEADS = ("fc", "new_fc", "fc1", "fc2", "cls_head", "data_preprocessor")
+_HEADS = ("fc", "new_fc", "fc1", "fc2", "cls_head", "data_preprocessor", *HEADS)
 _WRAPPERS = ("module.", "backbone.")
 
 
@@ -82,7 +97,7 @@ def _strip(key: str, prefixes: tuple[str, ...]) -> str:
     return key
 
 
-def _native(key: str) -> str:
+def _native(key: str) -> str | None:
     return key
 
 
@@ -96,7 +111,7 @@ _MM_DOWN = re.compile(r"^(layer\d+\.\d+)\.downsample\.(conv|bn)\.(.+)$")
 _MM_STEM = re.compile(r"^conv1\.(conv|bn)\.(.+)$")
 
 
-def _mmaction2(key: str) -> str:
+def _mmaction2(key: str) -> str | None:
     # mmaction2 wraps conv+bn in a ConvModule: `convN.conv` / `convN.bn` -> `convN` / `bnN`.
     if m := _MM_BLOCK.match(key):
         block, n, kind, rest = m.groups()
@@ -107,25 +122,33 @@ def _mmaction2(key: str) -> str:
     if m := _MM_STEM.match(key):
         kind, rest = m.groups()
         return f"{'conv1' if kind == 'conv' else 'bn1'}.{rest}"
-    return key
+    return mmaction2_key(key)  # the ViT names (blocks.N.mlp.layers, patch_embed.projection)
 
 
 def _tsp(key: str) -> str:
     return _strip(key, ("features.",))
 
 
-_CONVERTERS: dict[str, Callable[[str], str]] = {
+# A converter renames one key, or returns None for a key to ignore.
+_CONVERTERS: dict[str, Callable[[str], str | None]] = {
     "native": _native,
     "torchvision": _native,
     "tsm": _tsm_repo,
     "mmaction2": _mmaction2,
     "tsp": _tsp,
+    "videomae": videomae_key,
+    "hf": hf_key,
+}
+# Whole-dict steps before renaming, for layouts that split one tensor into several.
+_PREPARE: dict[str, Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]] = {
+    "hf": merge_hf_qkv,
 }
 
 #: Layouts each encoder class accepts, in the order "auto" prefers them on a tie.
 LAYOUTS: dict[type[nn.Module], tuple[str, ...]] = {
     TSMResNet50: ("torchvision", "tsm", "mmaction2"),
     R2Plus1D34: ("torchvision", "tsp"),
+    VideoMAE: ("videomae", "mmaction2", "hf"),
 }
 
 
@@ -192,7 +215,7 @@ def _unwrap(obj: object, where: str) -> StateDict:
             f"{where}: expected a state dict (a mapping of names to tensors), "
             f"got {type(obj).__name__}."
         )
-    for entry in ("state_dict", "model"):
+    for entry in ("state_dict", "model", "module"):
         inner = obj.get(entry)
         if isinstance(inner, Mapping):
             return _unwrap(inner, f"{where}[{entry!r}]")
@@ -229,7 +252,15 @@ def convert_state_dict(
     best: tuple[StateDict, str, tuple[str, ...]] | None = None
     best_hits = -1
     for name in candidates:
-        converted, ignored = _apply(_CONVERTERS[name], state_dict, own)
+        prepared = state_dict
+        if name in _PREPARE:
+            try:
+                prepared = _PREPARE[name](state_dict)
+            except ValueError:
+                if layout != "auto":
+                    raise
+                continue  # not this layout
+        converted, ignored = _apply(_CONVERTERS[name], prepared, own)
         hits = len(own.intersection(converted))
         if hits > best_hits:
             best, best_hits = (converted, name, ignored), hits
@@ -244,13 +275,17 @@ def convert_state_dict(
 
 
 def _apply(
-    convert: Callable[[str], str], state_dict: Mapping[str, torch.Tensor], own: set[str]
+    convert: Callable[[str], str | None], state_dict: Mapping[str, torch.Tensor], own: set[str]
 ) -> tuple[StateDict, tuple[str, ...]]:
     out: StateDict = {}
     ignored: list[str] = []
     for key, value in state_dict.items():
         new = convert(_strip(key, _WRAPPERS))
-        if new.split(".")[0] in _HEADS or (new.endswith("num_batches_tracked") and new not in own):
+        if (
+            new is None
+            or new.split(".")[0] in _HEADS
+            or (new.endswith("num_batches_tracked") and new not in own)
+        ):
             ignored.append(key)
             continue
         out[new] = value
@@ -267,8 +302,9 @@ def load_pretrained(
     """Load a public checkpoint (a local file or a state dict) into ``encoder`` in place.
 
     Args:
-        encoder: A :class:`~sgs_tad.encoders.TSMResNet50`, :class:`~sgs_tad.encoders.R2Plus1D34`
-            or any module whose own key names the checkpoint uses (``layout="native"``).
+        encoder: A :class:`~sgs_tad.encoders.TSMResNet50`, :class:`~sgs_tad.encoders.R2Plus1D34`,
+            :class:`~sgs_tad.encoders.VideoMAE`, or any module whose own key names the checkpoint
+            uses (``layout="native"``).
         checkpoint: Path of the file, or an already loaded state dict.
         layout: Key layout of the checkpoint; "auto" picks the best-matching supported one.
         strict: If True, raise unless every encoder key is loaded and every checkpoint key is
@@ -290,6 +326,8 @@ def load_pretrained(
         state_dict = _unwrap(checkpoint, "checkpoint")
     else:
         state_dict = read_state_dict(checkpoint)
+    if isinstance(encoder, VideoMAE):
+        check_position_table(encoder, state_dict)
     converted, used, ignored = convert_state_dict(encoder, state_dict, layout=layout)
     own = encoder.state_dict()
     mismatched = [
