@@ -57,7 +57,11 @@ class SyncCounter(TorchFunctionMode):
                     target.type == "cpu" and src.device.type != "cpu"
                 )
         if hit:
-            frames = [f for f in traceback.extract_stack()[:-1] if "sgs_tad" in f.filename]
+            frames = [
+                f
+                for f in traceback.extract_stack()[:-1]
+                if "sgs_tad" in f.filename or "examples" in f.filename
+            ]
             where = (
                 f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
             )
