@@ -52,15 +52,18 @@ def to_detections(
     Returns:
         ``[{"segment": [t0, t1], "score": s, "label": name}, ...]``, best first.
     """
-    segments = prediction.segments
-    keep = select_by_boundaries(segments, prediction.start, prediction.end, ratio=boundary_ratio)
+    # Post-processing on the CPU, copied there once: its boolean masks and soft-NMS picks would
+    # each sync a GPU, for a few hundred numbers.
+    segments, start, end, iou_score = (
+        x.detach().cpu()
+        for x in (prediction.segments, prediction.start, prediction.end, prediction.iou_score)
+    )
+    keep = select_by_boundaries(segments, start, end, ratio=boundary_ratio)
     segments = segments[keep]
-    t = prediction.start.shape[0]
+    t = start.shape[0]
     # the same snippet rule as select_by_boundaries: floor(x * T), clipped
     index = (segments * t).floor().long().clamp(0, t - 1)
-    scores = proposal_scores(
-        prediction.start[index[:, 0]], prediction.end[index[:, 1]], prediction.iou_score[keep]
-    )
+    scores = proposal_scores(start[index[:, 0]], end[index[:, 1]], iou_score[keep])
     return detections_from_proposals(
         segments,
         scores,
