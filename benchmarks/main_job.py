@@ -13,6 +13,14 @@ paper code's way), ``sgs`` (γ = 0.3, the defaults: unsampled snippets in phase-
 ``sgs-keep`` (as ``sgs`` with the sampled micro-batches' graphs kept, ``--keep-graphs all``)
 ``sgs-noprefetch`` (as ``sgs`` with decoding in the encoder's critical path) and
 ``sgs-nocache`` (as ``sgs`` decoding the file again for every micro-batch, phase 3 included).
+
+Threads: ``--threads auto`` (default) gives torch the cores left after the engine's prefetch
+thread (:func:`sgs_tad.training.threads.choose_threads`); several values compare them. With
+``--load 0 1`` every run is made idle and beside one CPU-bound process (``while True: pass``),
+interleaved, and a second table gives each setting's training time beside the load relative to
+idle::
+
+    python benchmarks/main_job.py --epochs 1 --settings naive sgs --threads 2 auto --load 0 1
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from pathlib import Path
 import torch
 
 from sgs_tad.training.metrics import PeakMemory
+from sgs_tad.training.threads import available_cores, choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -46,14 +55,24 @@ SETTINGS = {
 PHASES = ("encode", "detector", "update", "optimizer")
 
 
-def run(name: str, args: argparse.Namespace, out: Path) -> dict:
+def resolve_threads(value: str) -> int:
+    """``auto``: the cores left after the prefetch thread; else the number given."""
+    return choose_threads(decode_threads=1, environ={}) if value == "auto" else int(value)
+
+
+def run(name: str, args: argparse.Namespace, out: Path, threads: int, load: int) -> dict:
     cmd = [sys.executable, str(ROOT / "examples" / "etad_anet.py"), "--epochs", str(args.epochs),
            "--output-dir", str(out), "--no-progress", "--seed", str(args.seed),
            *SETTINGS[name][1], *args.extra]  # fmt: skip
-    threads = str(args.threads)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads,
-           "MKL_NUM_THREADS": threads}  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}  # fmt: skip
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -66,6 +85,15 @@ def run(name: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def environment(threads: str) -> str:
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+            f"torch threads per run: {threads} (of {available_cores()} cores)")  # fmt: skip
+
+
 def peaks(metrics: dict) -> dict[str, float]:
     """The run's peak memory in MiB by kind: ``allocated_mb`` and ``reserved_mb`` on CUDA,
     ``rss_mb`` on the CPU (:meth:`sgs_tad.training.metrics.PeakMemory.as_mb`). A metrics file
@@ -74,15 +102,6 @@ def peaks(metrics: dict) -> dict[str, float]:
         return dict(metrics["peak_memory"])
     device = str(metrics.get("settings", {}).get("device", "cpu"))
     return {"allocated_mb" if device.startswith("cuda") else "rss_mb": metrics["peak_memory_mb"]}
-
-
-def environment(threads: int) -> str:
-    import numpy
-
-    cpu = platform.processor() or platform.machine()
-    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
-            f"{threads} torch thread(s) per run")  # fmt: skip
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -118,6 +137,24 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def load_table(
+    every: dict[tuple[str, int], dict[str, list[dict]]], args: argparse.Namespace
+) -> str:
+    """Training time beside ``load`` busy processes relative to idle, per threads and setting."""
+    idle = args.load[0]
+    lines = ["| threads | setting | " + " | ".join(f"load {x}: s" for x in args.load)
+             + " | " + " | ".join(f"load {x} / load {idle}" for x in args.load[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(args.load) - 1)]  # fmt: skip
+    for t in args.threads:
+        for name in args.settings:
+            times = [statistics.median(r["train_s"] for r in every[(t, x)][name])
+                     for x in args.load]  # fmt: skip
+            ratios = " | ".join(f"**{v / times[0]:.2f}**" for v in times[1:])
+            lines.append(f"| {t} ({resolve_threads(t)}) | {SETTINGS[name][0]} | "
+                         + " | ".join(f"{v:.1f}" for v in times) + f" | {ratios} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -125,9 +162,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
+        nargs="+",
+        default=["auto"],
+        help="torch threads per run, 'auto' (the cores left after the prefetch thread, "
+        "robust to other load) or a number; several values are compared",
+    )
+    p.add_argument(
+        "--load",
+        nargs="+",
         type=int,
-        default=1,
-        help="torch threads per run (1: robust to other load on a shared machine)",
+        default=[0],
+        help="CPU-bound processes run beside each run (e.g. 0 1: idle and loaded, compared)",
     )
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -138,21 +183,33 @@ def main() -> None:
     if "naive" not in args.settings:
         args.settings.insert(0, "naive")
     # Make sure the data set exists before timing anything (the first run would generate it).
-    results: dict[str, list[dict]] = {name: [] for name in args.settings}
+    combos = [(t, load) for t in args.threads for load in args.load]
+    every: dict[tuple[str, int], dict[str, list[dict]]] = {
+        c: {name: [] for name in args.settings} for c in combos
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for name in args.settings:
-                res = run(name, args, Path(tmp) / f"{name}-{r}")
-                results[name].append(res)
-                print(f"repeat {r} {name}: {res['train_s']:.1f} s "
-                      f"({res['train_cpu_s']:.1f} s CPU), peak {res['peak']} MB, "
-                      f"phases {res['phases']}", flush=True)  # fmt: skip
-    text = table(results)
+            for t, load in combos:
+                for name in args.settings:
+                    out = Path(tmp) / f"{name}-{t}-{load}-{r}"
+                    res = run(name, args, out, resolve_threads(t), load)
+                    every[(t, load)][name].append(res)
+                    print(f"repeat {r} threads {t} load {load} {name}: {res['train_s']:.1f} s "
+                          f"({res['train_cpu_s']:.1f} s CPU), peak {res['peak']} MB, "
+                          f"phases {res['phases']}", flush=True)  # fmt: skip
+    text = "\n\n".join(
+        (f"threads {t} ({resolve_threads(t)}), {load} busy process(es) beside:\n" if
+         len(combos) > 1 else "") + table(every[(t, load)]) for t, load in combos
+    )  # fmt: skip
+    if len(args.load) > 1:
+        text += "\n\n" + load_table(every, args)
     command = "python benchmarks/main_job.py " + " ".join(sys.argv[1:])
-    env = environment(args.threads)
+    env = environment(", ".join(f"{t} ({resolve_threads(t)})" for t in args.threads))
     print(f"\n{text}\n\n{env}\n{command}")
     args.json.write_text(json.dumps({"environment": env, "command": command,
-                                     "results": results}, indent=2))  # fmt: skip
+                                     "results": {f"threads={t} load={load}": res
+                                                 for (t, load), res in every.items()}},
+                                    indent=2))  # fmt: skip
     if args.write_docs:
         block = (f"{BEGIN}\n## The main job, SGS against naive\n\n"
                  f"`{command}` ({args.epochs} epochs of the default main job, median of "

@@ -119,3 +119,20 @@ def test_truncate_after_purges_later_tensorboard_events(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 20.0)]
+
+
+def test_phase_timer_synchronizes_cuda_only_when_asked(monkeypatch):
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 0)
+    for synchronize, expected in ((False, 0), (True, 4)):
+        syncs.clear()
+        kwargs = {"synchronize": True} if synchronize else {}  # the default is off
+        timer = PhaseTimer(torch.device("cuda"), **kwargs)
+        for name in ("encode", "detector"):
+            with timer.phase(name):
+                pass
+        assert len(syncs) == expected
+        assert timer.summary()["encode"]["calls"] == 1

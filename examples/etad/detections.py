@@ -51,20 +51,21 @@ def to_detections(
     Returns:
         ``[{"segment": [t0, t1], "score": s, "label": name}, ...]``, best first.
     """
-    # Post-processing belongs on the CPU: soft-NMS syncs once per kept proposal on a GPU, and
-    # the class scores may come from elsewhere. One move per video (P boxes and 2T scores).
-    prediction = prediction.to("cpu")
+    # Post-processing on the CPU, copied there once per video: its boolean masks and soft-NMS
+    # picks would each sync a GPU, for a few hundred numbers (and class scores computed on
+    # another device would not mix with them).
+    segments, start, end, iou_score = (
+        x.detach().cpu()
+        for x in (prediction.segments, prediction.start, prediction.end, prediction.iou_score)
+    )
     if class_scores is not None:
-        class_scores = class_scores.cpu()
-    segments = prediction.segments
-    keep = select_by_boundaries(segments, prediction.start, prediction.end, ratio=boundary_ratio)
+        class_scores = class_scores.detach().cpu()
+    keep = select_by_boundaries(segments, start, end, ratio=boundary_ratio)
     segments = segments[keep]
-    t = prediction.start.shape[0]
+    t = start.shape[0]
     # the same snippet rule as select_by_boundaries: floor(x * T), clipped
     index = (segments * t).floor().long().clamp(0, t - 1)
-    scores = proposal_scores(
-        prediction.start[index[:, 0]], prediction.end[index[:, 1]], prediction.iou_score[keep]
-    )
+    scores = proposal_scores(start[index[:, 0]], end[index[:, 1]], iou_score[keep])
     return detections_from_proposals(
         segments,
         scores,

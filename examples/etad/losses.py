@@ -10,7 +10,9 @@
 - :func:`offset_loss`: smooth-L1 on the start/end and centre/width offsets of the positives
   (IoU above the stage's threshold), ``L_rg``.
 
-Every random subset is drawn from an explicit :class:`torch.Generator`.
+Every random subset is drawn from an explicit :class:`torch.Generator`. Nothing here reads a
+value back to the host (no ``int(t)``/``bool(t)``): counts stay tensors and the cases are
+chosen with ``torch.where``, so that on a GPU the loss never stalls the host.
 """
 
 from __future__ import annotations
@@ -22,28 +24,37 @@ from torch import Tensor
 __all__ = ["balanced_bce", "balanced_l2", "offset_loss", "sampled_bce", "subsample"]
 
 
-def subsample(mask: Tensor, count: int, generator: torch.Generator) -> Tensor:
+def _keys(mask: Tensor, generator: torch.Generator) -> Tensor:
+    """``[N]`` uniform keys drawn on the generator's device, on ``mask``'s device."""
+    keys = torch.rand(mask.shape[0], generator=generator, device=generator.device)
+    return keys.to(mask.device, non_blocking=True)
+
+
+def subsample(
+    mask: Tensor, count: int | Tensor, generator: torch.Generator, *, keys: Tensor | None = None
+) -> Tensor:
     """Keep ``count`` of the ``True`` entries of ``mask``, chosen uniformly without replacement.
 
     Args:
         mask: bool ``[N]``.
-        count: how many to keep; all of them if ``count >= mask.sum()``.
+        count: how many to keep (an int or a 0-d tensor, e.g. another mask's sum: it is not
+            read back to the host); all of them if ``count >= mask.sum()``.
         generator: source of the choice; the draw is made on the generator's device and the
-            result moved to ``mask``'s device.
+            result moved to ``mask``'s device. It draws ``N`` numbers whatever the counts (the
+            choice is made without reading them back to the host).
+        keys: ``[N]`` keys drawn before (then ``generator`` is not used).
 
     Returns:
         bool ``[N]``, a subset of ``mask``.
     """
-    total = int(mask.sum())
-    if count >= total:
-        return mask.clone()
-    if count <= 0:
-        return torch.zeros_like(mask)
-    keys = torch.rand(mask.shape[0], generator=generator, device=generator.device)
-    keys = keys.to(mask.device).masked_fill(~mask, -1.0)
-    keep = torch.zeros_like(mask)
-    keep[keys.topk(count).indices] = True
-    return keep
+    if keys is None:
+        keys = _keys(mask, generator)
+    keys = keys.masked_fill(~mask, -1.0)
+    # The `count` largest keys of `mask`'s entries (theirs are >= 0, the others -1): by rank.
+    order = keys.argsort(descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return mask & (rank < count)
 
 
 def balanced_bce(logits: Tensor, labels: Tensor, *, threshold: float = 0.5) -> Tensor:
@@ -71,11 +82,8 @@ def balanced_bce(logits: Tensor, labels: Tensor, *, threshold: float = 0.5) -> T
     n_neg = positive.numel() - n_pos
     pos_mean = (pos_loss * positive).sum() / n_pos.clamp(min=1)
     neg_mean = (neg_loss * ~positive).sum() / n_neg.clamp(min=1)
-    if int(n_pos) == 0:
-        return neg_mean
-    if int(n_neg) == 0:
-        return pos_mean
-    return 0.5 * (pos_mean + neg_mean)
+    both = 0.5 * (pos_mean + neg_mean)
+    return torch.where(n_pos == 0, neg_mean, torch.where(n_neg == 0, pos_mean, both))
 
 
 def sampled_bce(logits: Tensor, positive: Tensor, *, generator: torch.Generator) -> Tensor:
@@ -90,8 +98,8 @@ def sampled_bce(logits: Tensor, positive: Tensor, *, generator: torch.Generator)
         Scalar: mean cross entropy over the positives and the sampled negatives; without
         positives, the mean over all negatives.
     """
-    n_pos = int(positive.sum())
-    negatives = ~positive if n_pos == 0 else subsample(~positive, n_pos, generator)
+    n_pos = positive.sum()
+    negatives = torch.where(n_pos == 0, ~positive, subsample(~positive, n_pos, generator))
     selected = positive | negatives
     target = positive.to(logits.dtype)
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -121,13 +129,15 @@ def balanced_l2(
         all proposals.
     """
     hi = target > high
-    n_hi = int(hi.sum())
-    if n_hi == 0:
-        selected = torch.ones_like(hi)
-    else:
-        mid = subsample((target > low) & ~hi, n_hi, generator)
-        lo = subsample(target <= low, n_hi, generator)
-        selected = hi | mid | lo
+    n_hi = hi.sum()
+    middle, lower = (target > low) & ~hi, target <= low
+    first, second = _keys(middle, generator), _keys(lower, generator)
+    mid = subsample(middle, n_hi, generator, keys=first)
+    # The low subset takes the draw after the mid one's when that one needed a draw (some, not
+    # all, mid proposals kept), the first otherwise: as when each subset drew only if needed.
+    mid_drew = (n_hi > 0) & (n_hi < middle.sum())
+    lo = subsample(lower, n_hi, generator, keys=torch.where(mid_drew, second, first))
+    selected = torch.where(n_hi == 0, torch.ones_like(hi), hi | mid | lo)
     loss = (pred - target) ** 2
     return (loss * selected).sum() / selected.sum().clamp(min=1)
 

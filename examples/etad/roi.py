@@ -73,14 +73,6 @@ def _weights(segments: Tensor, num_bins: int, t: int) -> tuple[Tensor, Tensor]:
     ``padded`` the ``T + 2`` knot values (the sequence with its first and last snippet repeated
     at knots -1 and T, which makes it constant there).
     """
-    if not bool(torch.isfinite(segments).all()):
-        # A NaN or inf boundary (the detector's regression diverged) would become an index of
-        # -2**63 below, far from the cause.
-        raise FloatingPointError(
-            f"{int((~torch.isfinite(segments)).any(-1).sum())} of {segments.shape[0]} segments "
-            "to pool have non-finite boundaries: the detector's outputs are not finite (its "
-            "weights or inputs overflowed). Lower the learning rate or set max_grad_norm."
-        )
     seg = segments.detach() * t - 0.5  # snippet-centre units: snippet i at i
     steps = torch.linspace(0.0, 1.0, num_bins + 1, dtype=seg.dtype, device=seg.device)
     edges = seg[:, :1] + (seg[:, 1:] - seg[:, :1]) * steps  # [R, n+1]
@@ -96,8 +88,8 @@ def _weights(segments: Tensor, num_bins: int, t: int) -> tuple[Tensor, Tensor]:
     below = torch.arange(t + 2, device=u.device) < at.unsqueeze(-1)  # bool [R, n+1, T+2]
     weights = (below[:, 1:] ^ below[:, :-1]).to(seg.dtype)  # [R, n, T+2]
     backwards = at[:, 1:] < at[:, :-1]  # reversed segments step down, not up
-    if bool(backwards.any()):
-        weights = torch.where(backwards.unsqueeze(-1), -weights, weights)
+    # (where, not `if backwards.any()`: no host sync; the same values either way)
+    weights = torch.where(backwards.unsqueeze(-1), -weights, weights)
     q_at = (1.0 - 0.5 * (1.0 - r) ** 2).unsqueeze(-1)
     q_next = (0.5 * r**2).unsqueeze(-1)
     at = at.unsqueeze(-1)
@@ -109,11 +101,11 @@ def _weights(segments: Tensor, num_bins: int, t: int) -> tuple[Tensor, Tensor]:
     short = width.abs() < MIN_WIDTH
     # divide after the matmul, on [R, n, C] rather than [R, n, T + 2]
     scale = torch.where(short, 1.0, 1.0 / torch.where(short, 1.0, width))
-    if bool(short.any()):
-        centre = 0.5 * (edges[:, 1:] + edges[:, :-1])
-        inside = ((centre >= -0.5) & (centre <= t - 0.5)).unsqueeze(-1)
-        point = _hat_value(centre.clamp(-0.5, t - 0.5), t) * inside
-        weights = torch.where(short.unsqueeze(-1), point, weights)
+    # Computed for every bin and selected, rather than after `if short.any()` (a host sync).
+    centre = 0.5 * (edges[:, 1:] + edges[:, :-1])
+    inside = ((centre >= -0.5) & (centre <= t - 0.5)).unsqueeze(-1)
+    point = _hat_value(centre.clamp(-0.5, t - 0.5), t) * inside
+    weights = torch.where(short.unsqueeze(-1), point, weights)
     return weights, scale
 
 
@@ -150,19 +142,31 @@ def roi_interpolate(
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
     b, c, t = features.shape
     r = segments.shape[0]
-    if r and (int(batch_index.min()) < 0 or int(batch_index.max()) >= b):
-        raise ValueError(
-            f"batch_index must lie in [0, B={b}), got values in "
-            f"[{int(batch_index.min())}, {int(batch_index.max())}]"
-        )
     with torch.no_grad():
-        weights, scale = _weights(segments.to(features.dtype), num_bins, t)
         owner = batch_index.to(torch.long)
-        order = None
-        if r > 1 and not bool((owner[1:] >= owner[:-1]).all()):
-            order = owner.argsort(stable=True)
-            owner, weights, scale = owner[order], weights[order], scale[order]
-        counts = torch.bincount(owner, minlength=b).tolist()
+        # The one host read of the call: the checks and the segments per video, together.
+        low, high = (owner.min(), owner.max()) if r else (owner.new_zeros(()),) * 2
+        finite = torch.isfinite(segments).all(-1)
+        read = torch.cat((torch.stack((low, high, (~finite).sum())),
+                          torch.bincount(owner.clamp(0, b - 1), minlength=b)))  # fmt: skip
+        low_v, high_v, n_bad, *counts = read.tolist()
+        if r and (low_v < 0 or high_v >= b):
+            raise ValueError(
+                f"batch_index must lie in [0, B={b}), got values in [{low_v}, {high_v}]"
+            )
+        if n_bad:
+            # A NaN or inf boundary (the detector's regression diverged) would become an index
+            # of -2**63 in _weights, far from the cause.
+            raise FloatingPointError(
+                f"{n_bad} of {r} segments to pool have non-finite boundaries: the detector's "
+                "outputs are not finite (its weights or inputs overflowed). Lower the learning "
+                "rate or set max_grad_norm."
+            )
+        weights, scale = _weights(segments.to(features.dtype), num_bins, t)
+        # A stable sort groups each video's segments (the identity if already grouped),
+        # without reading back whether they were.
+        order = owner.argsort(stable=True)
+        weights, scale = weights[order], scale[order]
     # knot values -1 .. T: the first and last snippet repeated (constant extension)
     padded = torch.cat((features[:, :, :1], features, features[:, :, -1:]), dim=2)
     # one matmul per video on its contiguous block of segments: [R_b, n, T+2] @ [T+2, C]
@@ -173,6 +177,4 @@ def roi_interpolate(
     ]
     out = torch.cat(blocks) if blocks else features.new_zeros(0, num_bins, c)
     out = out * scale.unsqueeze(-1)
-    if order is not None:
-        out = out[order.argsort()]
-    return out
+    return out[order.argsort()]

@@ -183,6 +183,10 @@ def soft_nms(
     exceeds ``iou_threshold`` by ``exp(-IoU**2 / sigma)``. The defaults are ETAD's
     ActivityNet settings. Equal scores go to the lower index.
 
+    It runs on the CPU whatever the inputs' device: each pick reads its index back to the
+    host, which on a GPU would be a device sync per kept segment, for work of a few hundred
+    numbers. Device inputs are copied to the CPU once and the results copied back.
+
     Args:
         segments: ``[P, 2]``.
         scores: ``[P]``, non-negative.
@@ -205,8 +209,9 @@ def soft_nms(
         raise ValueError(f"sigma={sigma!r} must be a positive number (ETAD uses 0.35)")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k={top_k!r} must be a positive int")
-    segments = segments.detach()
-    work = scores.detach().clone()
+    device = segments.device
+    segments = segments.detach().cpu()
+    work = scores.detach().to("cpu", copy=True)
     alive = torch.ones_like(work, dtype=torch.bool)
     picked = []
     picked_scores = []
@@ -218,9 +223,11 @@ def soft_nms(
         iou = segment_iou(segments[i : i + 1], segments)[0]
         decay = torch.exp(-iou.square() / sigma)
         work = torch.where((iou > iou_threshold) & alive, work * decay, work)
-    index = torch.tensor(picked, dtype=torch.long, device=segments.device)
-    kept_scores = torch.stack(picked_scores) if picked_scores else scores.new_zeros(0)
-    return segments[index], kept_scores, index
+    index = torch.tensor(picked, dtype=torch.long)
+    kept_scores = torch.stack(picked_scores) if picked_scores else work.new_zeros(0)
+    if device.type == "cpu":
+        return segments[index], kept_scores, index
+    return segments[index].to(device), kept_scores.to(device), index.to(device)
 
 
 def fuse_class_scores(
@@ -305,6 +312,11 @@ def detections_from_proposals(
         ``[{"segment": [t0, t1], "score": float, "label": str}, ...]``, best score first;
         give them to :func:`sgs_tad.evaluation.format_results` under the video's id.
     """
+    # Post-processing is a few hundred numbers per video: on the CPU, read back once here
+    # (also where the class scores came from another device than the proposals).
+    segments, scores = segments.detach().cpu(), scores.detach().cpu()
+    if class_scores is not None:
+        class_scores = class_scores.detach().cpu()
     kept, kept_scores, _ = soft_nms(
         segments, scores, sigma=sigma, iou_threshold=iou_threshold, top_k=top_k
     )

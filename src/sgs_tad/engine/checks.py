@@ -19,9 +19,11 @@ from sgs_tad.samplers import make_sampler
 
 __all__ = [
     "NO_GRAD_FEATURES_MESSAGE",
+    "DeterminismCheck",
     "check_norm",
     "check_options",
     "check_same",
+    "determinism_tolerance",
     "resolve_sampler",
 ]
 
@@ -140,23 +142,116 @@ def check_norm(encoder: nn.Module) -> None:
         )
 
 
+def determinism_tolerance(
+    dtype: torch.dtype, device: torch.device, *, autocast: bool = False
+) -> tuple[float, float]:
+    """``(rtol, atol)`` of the determinism check for features computed in this precision.
+
+    Phase 3 recomputes at K snippets per call what phase 1 may have computed in larger calls,
+    and kernels (cuDNN above all) pick their algorithm per batch shape, so the two agree only
+    to the precision actually used:
+
+    * fp16/bf16 features, or autocast to them: ``(1e-2, 1e-2)``;
+    * fp32 on CUDA with TF32 allowed (``torch.backends.cuda.matmul.allow_tf32``,
+      ``torch.backends.cudnn.allow_tf32`` -- on by default -- or a float32 matmul precision
+      other than ``"highest"``): ``(1e-2, 1e-5)``, TF32 rounds to 10 mantissa bits, the
+      tolerance of the independence check;
+    * plain fp32: ``(1e-4, 1e-5)``;
+    * float64: ``(1e-8, 1e-10)``.
+
+    Example:
+        >>> determinism_tolerance(torch.float32, torch.device("cpu"))
+        (0.0001, 1e-05)
+    """
+    if autocast or dtype in (torch.float16, torch.bfloat16):
+        return 1e-2, 1e-2
+    if dtype == torch.float64:
+        return 1e-8, 1e-10
+    if device.type == "cuda" and (
+        torch.backends.cuda.matmul.allow_tf32
+        or torch.backends.cudnn.allow_tf32
+        or torch.get_float32_matmul_precision() != "highest"
+    ):
+        return 1e-2, 1e-5
+    return 1e-4, 1e-5
+
+
+class DeterminismCheck:
+    """The determinism check of phase 3, reduced on the device and read once per step.
+
+    :meth:`add` compares one micro-batch's recomputed features with phase 1's without reading
+    anything back (``torch.allclose`` would sync the host with the device every micro-batch);
+    :meth:`raise_if_failed` reads the accumulated flag once and raises the error of
+    :func:`check_same`. An error is therefore raised at the end of phase 3, after the
+    encoder's ``.grad`` has accumulated the whole batch: zero it before training on.
+
+    Args:
+        autocast: phase 3 ran under autocast to fp16/bf16 (looser tolerance).
+    """
+
+    def __init__(self, *, autocast: bool = False) -> None:
+        self.autocast = autocast
+        self._failed: torch.Tensor | None = None
+        self._diff: torch.Tensor | None = None
+        self._tolerance: tuple[float, float] | None = None
+
+    def add(self, recomputed: torch.Tensor, original: torch.Tensor) -> None:
+        """Compare ``recomputed`` ``[m, C]`` with ``original`` (phase 1), on their device."""
+        if recomputed.shape != original.shape:
+            _fail(recomputed, original, float("nan"), None)
+        rtol, atol = determinism_tolerance(
+            recomputed.dtype, recomputed.device, autocast=self.autocast
+        )
+        self._tolerance = (rtol, atol)
+        a, b = recomputed.to(original.dtype), original
+        diff = (a - b).abs()
+        # allclose's test, NaN included (a NaN is never close): not (|a - b| <= atol + rtol |b|)
+        failed = (~(diff <= atol + rtol * b.abs())).any()
+        worst = (recomputed.float() - original.float()).abs().amax() if diff.numel() else None
+        self._failed = failed if self._failed is None else self._failed | failed
+        if worst is not None:
+            self._diff = worst if self._diff is None else torch.maximum(self._diff, worst)
+
+    def raise_if_failed(self) -> None:
+        """Read the flag (one host sync) and raise if some micro-batch differed."""
+        if self._failed is None:
+            return
+        failed, diff = (self._failed, self._diff)
+        self._failed = self._diff = None
+        values = torch.stack(
+            (failed.float(), diff.float() if diff is not None else failed.float() * 0)
+        )
+        flag, worst = values.tolist()
+        if flag:
+            _fail(None, None, worst, self._tolerance)
+
+
 def check_same(recomputed: torch.Tensor, original: torch.Tensor) -> None:
     """The determinism check: phase 3's recomputed features against phase 1's."""
-    if recomputed.dtype in (torch.float16, torch.bfloat16):
-        rtol, atol = 1e-2, 1e-2
+    check = DeterminismCheck()
+    check.add(recomputed, original)
+    check.raise_if_failed()
+
+
+def _fail(
+    recomputed: torch.Tensor | None,
+    original: torch.Tensor | None,
+    diff: float,
+    tolerance: tuple[float, float] | None,
+) -> None:
+    if recomputed is not None and original is not None:
+        what = (f"have shape {tuple(recomputed.shape)} where the phase-1 features have "
+                f"{tuple(original.shape)}")  # fmt: skip
     else:
-        rtol, atol = 1e-4, 1e-5
-    if recomputed.shape != original.shape or not torch.allclose(
-        recomputed.to(original.dtype), original, rtol=rtol, atol=atol
-    ):
-        diff = (recomputed.float() - original.float()).abs().max().item()
-        raise RuntimeError(
-            f"determinism check failed: the recomputed features differ from the phase-1 "
-            f"features by up to {diff:.3g}. The encoder is not a pure function of the "
-            "snippet: likely causes are a BatchNorm in training mode (use "
-            "sgs_tad.freeze_norm_layers), randomness outside torch (Python random, numpy) "
-            "or with a feature-guided sampler (its recompute cannot replay dropout), "
-            "in-place state updated by forward, or a lazy source that decodes different "
-            "values on a second call. Fix the cause, or pass determinism_check=False if "
-            "the difference is intended."
-        )
+        what = f"differ from the phase-1 features by up to {diff:.3g}"
+        if tolerance is not None:
+            what += f" (allowed: rtol={tolerance[0]:g}, atol={tolerance[1]:g})"
+    raise RuntimeError(
+        f"determinism check failed: the recomputed features {what}. The encoder is not a pure "
+        "function of the snippet: likely causes are a BatchNorm in training mode (use "
+        "sgs_tad.freeze_norm_layers), randomness outside torch (Python random, numpy) "
+        "or with a feature-guided sampler (its recompute cannot replay dropout), "
+        "in-place state updated by forward, or a lazy source that decodes different "
+        "values on a second call. Fix the cause, or pass determinism_check=False if "
+        "the difference is intended."
+    )

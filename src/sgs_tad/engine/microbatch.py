@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,7 @@ __all__ = [
     "MicroBatch",
     "as_sources",
     "check_features",
+    "device_indices",
     "draw_sample",
     "num_sampled",
     "pack",
@@ -129,27 +130,24 @@ class MicroBatch:
     Attributes:
         videos: ``[m]`` video index of each row.
         positions: ``[m]`` snippet index of each row within its video.
+        runs: ``(video, start, stop)`` of each run of consecutive rows of one video, when
+            :func:`pack` made the micro-batch (it reads the whole plan back once, so that
+            :meth:`gather` reads nothing per micro-batch); computed on demand otherwise.
     """
 
     videos: torch.Tensor
     positions: torch.Tensor
+    runs: tuple[tuple[int, int, int], ...] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return int(self.videos.numel())
 
     def gather(self, sources: Sequence[SnippetSource]) -> torch.Tensor:
         """Fetch this micro-batch's snippets ``[m, *S]``, one request per video run."""
-        parts: list[torch.Tensor] = []
-        videos = self.videos.tolist()
-        start = 0
+        runs = self.runs if self.runs is not None else _runs(self.videos.tolist())
         # Consecutive rows of the same video become one request, so a lazy source decodes a
         # contiguous run at once instead of one snippet at a time.
-        while start < len(videos):
-            stop = start
-            while stop < len(videos) and videos[stop] == videos[start]:
-                stop += 1
-            parts.append(sources[videos[start]].get_snippets(self.positions[start:stop]))
-            start = stop
+        parts = [sources[v].get_snippets(self.positions[a:b]) for v, a, b in runs]
         if len(parts) == 1:
             return parts[0]
         if parts[0].device.type == "cpu" and parts[0].is_pinned():
@@ -161,12 +159,46 @@ class MicroBatch:
         return torch.cat(parts, dim=0)
 
 
+def _runs(videos: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+    """``(video, start, stop)`` of each run of equal consecutive entries of ``videos``."""
+    runs, start = [], 0
+    while start < len(videos):
+        stop = start
+        while stop < len(videos) and videos[stop] == videos[start]:
+            stop += 1
+        runs.append((videos[start], start, stop))
+        start = stop
+    return tuple(runs)
+
+
 def pack(videos: torch.Tensor, positions: torch.Tensor, size: int) -> list[MicroBatch]:
     """Cut an order of slots into consecutive micro-batches of at most ``size`` slots."""
+    every = videos.tolist()  # once per plan (host tensors), not once per micro-batch
     return [
-        MicroBatch(videos[i : i + size], positions[i : i + size])
-        for i in range(0, int(videos.numel()), size)
+        MicroBatch(videos[i : i + size], positions[i : i + size], _runs(every[i : i + size]))
+        for i in range(0, len(every), size)
     ]
+
+
+def device_indices(
+    batches: Sequence[MicroBatch], device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(videos, positions)`` of each micro-batch on ``device``, copied in one go.
+
+    Indexing device features with the host index tensors of each micro-batch would copy them
+    one micro-batch at a time, and a blocking host-to-device copy waits for the device to
+    finish its queue: the host could not queue micro-batch ``j + 1`` while the device runs
+    ``j``. One copy per plan, from pinned memory without blocking, keeps the host ahead.
+    """
+    if not batches or all(b.videos.device == device for b in batches):
+        return [(b.videos, b.positions) for b in batches]
+    both = torch.stack((torch.cat([b.videos for b in batches]),
+                        torch.cat([b.positions for b in batches])))  # fmt: skip
+    if device.type == "cuda":
+        both = both.pin_memory()
+    both = both.to(device, non_blocking=True)
+    sizes = [len(b) for b in batches]
+    return list(zip(both[0].split(sizes), both[1].split(sizes)))
 
 
 @dataclass(frozen=True)

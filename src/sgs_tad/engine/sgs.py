@@ -44,9 +44,9 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from sgs_tad.engine import compiled, overflow, phase
 from sgs_tad.engine.checks import (
     NO_GRAD_FEATURES_MESSAGE,
+    DeterminismCheck,
     check_norm,
     check_options,
-    check_same,
     resolve_sampler,
 )
 from sgs_tad.engine.heap import release_cpu_heap
@@ -58,6 +58,7 @@ from sgs_tad.engine.microbatch import (
     MicroBatch,
     as_sources,
     check_features,
+    device_indices,
     draw_sample,
     num_sampled,
     plan_encode,
@@ -135,7 +136,10 @@ class SequentializedGradientSampler(AutoSizing):
             phase 3 recomputes, and replay it, so dropout masks match. Costs a few KB per
             micro-batch; turn off only for encoders without randomness.
         determinism_check: Compare the recomputed features with the phase-1 features and raise
-            if they differ beyond floating-point noise.
+            if they differ beyond floating-point noise of the precision used
+            (:func:`~sgs_tad.engine.checks.determinism_tolerance`: TF32 on CUDA and fp16/bf16
+            are looser). The comparison is reduced on the device and read once, at the end of
+            phase 3, so the error comes after the encoder's ``.grad`` took the whole batch.
         norm_policy: ``"error"`` refuses an encoder with a BatchNorm in training mode (use
             :func:`sgs_tad.engine.norm.freeze_norm_layers`); ``"allow"`` runs it anyway, accepting
             gradients that are not exact and running statistics updated twice.
@@ -378,6 +382,7 @@ class SequentializedGradientSampler(AutoSizing):
         autocast: dict[str, Any] = {}
         keeping = sampled > 0 and self.keep_graphs.enabled
         kept_snippets = kept_bytes = per_snippet = 0
+        index: list[tuple[torch.Tensor, torch.Tensor]] = []
         with phase.encoding():
             for j, (batch, x) in enumerate(self._gathered(batches, sources)):
                 keeping = keeping and j < sampled
@@ -423,6 +428,7 @@ class SequentializedGradientSampler(AutoSizing):
                 if feats is None:
                     autocast = autocast_state(out.device.type)
                     feats = out.new_zeros(len(lengths), max(lengths), out.shape[1])
+                    index = device_indices(batches, out.device)  # one copy for the plan
                 elif out.shape[1] != feats.shape[2] or out.dtype != feats.dtype:
                     raise ValueError(
                         f"encoder output changed between micro-batches: [{len(batch)}, "
@@ -430,7 +436,7 @@ class SequentializedGradientSampler(AutoSizing):
                     )
                 # Writing into the preallocated buffer drops `out` at the next iteration: no
                 # activation of the encoder outlives its micro-batch (no graph under no_grad).
-                feats[batch.videos.to(out.device), batch.positions.to(out.device)] = out.detach()
+                feats[index[j]] = out.detach()
         assert feats is not None  # at least one snippet per video, checked in as_sources
         self.stats.snippets_kept = kept_snippets
         self.stats.kept_bytes = kept_bytes
@@ -625,17 +631,23 @@ class SequentializedGradientSampler(AutoSizing):
             for v, n in enumerate(lengths):
                 scale[v] = n / num_sampled(n, self.ratio)
 
+        index = device_indices(batches, grad.device)  # one copy for the step
         kept, record.kept = record.kept, []
-        for batch, out in zip(batches, kept):  # graphs kept in phase 1: no re-forward
-            videos, positions = batch.videos.to(grad.device), batch.positions.to(grad.device)
+        for batch, out, (videos, positions) in zip(batches, kept, index):  # kept graphs
             g = grad[videos, positions] * scale[videos].unsqueeze(1)
             torch.autograd.backward(out, g.to(out.dtype))
             self.stats.snippets_sampled += len(batch)
         n_kept = len(kept)
         del kept  # the graphs are freed by their backward; drop the outputs too
+        check: DeterminismCheck | None = None
+        if self.determinism_check:
+            low = record.autocast.get("dtype") in (torch.float16, torch.bfloat16)
+            check = DeterminismCheck(autocast=bool(record.autocast.get("enabled")) and low)
         with phase.recomputing():
             todo = self._gathered(batches[n_kept:], sources)
-            for (batch, x), state in zip(todo, states[n_kept:]):
+            for (batch, x), state, (videos, positions) in zip(
+                todo, states[n_kept:], index[n_kept:]
+            ):
                 sizing = self._sizing
                 measure = sizing is not None and sizing["saved"] is None
                 with replay_rng_state(state), torch.autocast(**record.autocast):
@@ -646,10 +658,8 @@ class SequentializedGradientSampler(AutoSizing):
                         sizing["saved"] = meter.peak / len(batch)
                     else:
                         out = self._run(batch, x)
-                videos = batch.videos.to(grad.device)
-                positions = batch.positions.to(grad.device)
-                if self.determinism_check:
-                    check_same(out.detach(), feats.detach()[videos, positions])
+                if check is not None:  # reduced on the device, read once after the loop
+                    check.add(out.detach(), feats.detach()[videos, positions])
                 g = grad[videos, positions] * scale[videos].unsqueeze(1)
                 torch.autograd.backward(out, g.to(out.dtype))
                 del out
@@ -658,6 +668,8 @@ class SequentializedGradientSampler(AutoSizing):
                 self.stats.snippets_recomputed += len(batch)
                 self.stats.snippets_sampled += len(batch)
         self._release_heap()
+        if check is not None:
+            check.raise_if_failed()
         self._maybe_choose_phase1_size()
 
     # ------------------------------------------------------------------------- convenience

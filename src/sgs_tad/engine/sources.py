@@ -99,4 +99,7 @@ class TensorSource:
         return int(self.snippets.shape[0])
 
     def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.snippets[indices.to(self.snippets.device)]
+        if indices.device != self.snippets.device:
+            # non_blocking: a blocking host-to-device copy would wait for the device's queue.
+            indices = indices.to(self.snippets.device, non_blocking=True)
+        return self.snippets[indices]

@@ -268,20 +268,25 @@ def _peak_rss() -> int:
 class PhaseTimer:
     """Wall time per named phase (``encode``, ``detector``, ``update``, ...) and peak memory.
 
-    On CUDA the device is synchronised at the phase boundaries (so the time is the phase's,
-    not the time to enqueue its kernels) and :attr:`memory`, a :class:`PeakMemory`, is read at
-    each phase's end. The CUDA peak counters are never reset (a reset per phase made the run's
-    peak unreadable: what a script read after training was the last phase's). A phase's
-    ``peak_memory_bytes`` is therefore the run's allocated peak where *that phase* raised it
-    (``None`` for a phase that never did): it tells which phase sets the peak. On the CPU
-    peak memory is not measured per phase (:attr:`memory` reads the peak RSS).
+    On CUDA the device is synchronised at the phase boundaries when ``synchronize`` (so the
+    time is the phase's, not the time to enqueue its kernels) and :attr:`memory`, a
+    :class:`PeakMemory`, is read at each phase's end. The CUDA peak counters are never reset (a
+    reset per phase made the run's peak unreadable: what a script read after training was the
+    last phase's). A phase's ``peak_memory_bytes`` is therefore the run's allocated peak where
+    *that phase* raised it (``None`` for a phase that never did): it tells which phase sets the
+    peak. On the CPU peak memory is not measured per phase (:attr:`memory` reads the peak RSS).
 
     Args:
         device: the training device.
+        synchronize: on CUDA, synchronise the device at each phase boundary, so that a phase's
+            time is its kernels' and not the time to enqueue them (benchmarks). Off by
+            default: it costs two host syncs per phase, eight per step, and each one stalls
+            the host until the device is idle.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, *, synchronize: bool = False) -> None:
         self.device = torch.device(device)
+        self.synchronize = synchronize
         self.memory = PeakMemory(self.device)
         self._seconds: dict[str, float] = {}
         self._calls: dict[str, int] = {}
@@ -296,7 +301,8 @@ class PhaseTimer:
         """Time the enclosed block as phase ``name``."""
         before = 0
         if self._cuda:
-            torch.cuda.synchronize(self.device)
+            if self.synchronize:
+                torch.cuda.synchronize(self.device)
             before = int(torch.cuda.max_memory_allocated(self.device))
         start = time.perf_counter()
         try:
@@ -304,7 +310,8 @@ class PhaseTimer:
         finally:
             raised: int | None = None
             if self._cuda:
-                torch.cuda.synchronize(self.device)
+                if self.synchronize:
+                    torch.cuda.synchronize(self.device)
                 after = int(torch.cuda.max_memory_allocated(self.device))
                 self.memory.update()
                 raised = after if after > before else None

@@ -128,6 +128,9 @@ class SGSTrainer:
         tensorboard: also write TensorBoard scalars to ``log_dir/tensorboard``.
         progress: show a tqdm progress bar (rank 0) with loss, snippets/s and peak memory.
         log_every: optimizer steps between metric records.
+        sync_timing: synchronise a CUDA device at each phase boundary so that the per-phase
+            times (``fit()``'s ``"phases"``) are the device's, as benchmarks need; off by
+            default, since it stalls the host eight times per step.
         callbacks: :class:`~sgs_tad.training.callbacks.Callback` objects.
     """
 
@@ -157,6 +160,7 @@ class SGSTrainer:
         tensorboard: bool = False,
         progress: bool = False,
         log_every: int = 10,
+        sync_timing: bool = False,
         callbacks: Sequence[Callback] = (),
     ) -> None:
         check_trainer_arguments(engine, detector, loss_fn=loss_fn, detector_step=detector_step,
@@ -221,7 +225,7 @@ class SGSTrainer:
         self.progress = progress
         self.log_every = log_every
         self.callbacks = list(callbacks)
-        self.timer = PhaseTimer(self.device)
+        self.timer = PhaseTimer(self.device, synchronize=sync_timing)
 
         self.epoch = 0  # epoch in progress (0-based)
         self.epoch_iteration = 0  # batches of `epoch` already consumed
