@@ -64,12 +64,14 @@ from sgs_tad.training.callbacks import GradientStats
 from sgs_tad.training.distributed import barrier
 from sgs_tad.training.metrics import PeakMemory
 from sgs_tad.training.optimization import adamw
+from sgs_tad.training.threads import set_threads
 
 log = logging.getLogger("etad_anet")
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     check_device(args.device)
+    set_threads(decode_threads=1, requested=None if args.threads == "auto" else int(args.threads))
     rank, world = setup_distributed(args.device, args.ddp_timeout)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
@@ -114,6 +116,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         scheduler=make_scheduler(args, len(train_items), world, encoder),
         max_grad_norm=5.0,
         amp=args.amp,
+        sync_timing=args.sync_timing,
         seed=args.seed,
         settings=run_settings(args),
         checkpoint_dir=checkpoints,
@@ -194,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["predict"]:
+            set_threads(decode_threads=1)
             predict(argv[1:])
         elif argv[:1] == ["evaluate"]:
+            set_threads(decode_threads=1)
             evaluate_command(argv[1:])
         else:
             train(parse_args(argv))

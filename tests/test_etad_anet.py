@@ -105,6 +105,7 @@ def test_evaluate_reproduces_the_training_run_numbers(trained: tuple[Path, Path]
         (["--decode-workers", "-1"], "--decode-workers must be >= 0"),
         (["--max-bad-videos", "2.5"], "--max-bad-videos must be a fraction in [0, 1)"),
         (["--pixels", "int8"], "invalid choice: 'int8'"),
+        (["--threads", "0"], "--threads must be 'auto' or a number >= 1; got '0'"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(

@@ -249,6 +249,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument(
+        "--threads",
+        default="auto",
+        help="torch intra-op threads; auto: the cores left after the decode thread (at least "
+        "1), or $OMP_NUM_THREADS when set: more threads than free cores stall on a busy machine",
+    )
+    train.add_argument(
+        "--sync-timing",
+        action="store_true",
+        help="synchronise a CUDA device at each phase boundary so that the phase split is the "
+        "device's time (costs host syncs; for benchmarks)",
+    )
+    train.add_argument(
         "--ddp-timeout",
         type=float,
         default=None,
@@ -286,6 +298,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
+    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) >= 1):
+        p.error(f"--threads must be 'auto' or a number >= 1; got {args.threads!r}")
     if args.decode_workers < 0:
         p.error(f"--decode-workers must be >= 0 (0: decode in the main process); got "
                 f"{args.decode_workers}")  # fmt: skip

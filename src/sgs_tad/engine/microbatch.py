@@ -25,7 +25,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "check_features",
     "device_indices",
     "draw_sample",
+    "gathered",
     "num_sampled",
     "pack",
     "plan_encode",
@@ -328,3 +330,30 @@ def as_sources(snippets: object) -> list[SnippetSource]:
                 "in the data pipeline (or check the decoder: the file may be empty)."
             )
     return sources
+
+
+def gathered(
+    batches: Sequence[MicroBatch],
+    sources: Sequence[SnippetSource],
+    *,
+    prefetch: bool | str = "auto",
+) -> Iterator[tuple[MicroBatch, torch.Tensor]]:
+    """Each micro-batch with its snippets, the next one gathered in a thread when ``prefetch``.
+
+    ``prefetch="auto"`` prefetches when some source is lazy (not a :class:`TensorSource`): the
+    next micro-batch decodes while the encoder runs the current one. A decoding error is
+    raised here, in micro-batch order.
+    """
+    if prefetch == "auto":
+        prefetch = any(not isinstance(s, TensorSource) for s in sources)
+    if not prefetch or len(batches) < 2:
+        for batch in batches:
+            yield batch, batch.gather(sources)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgs-prefetch") as pool:
+        pending = pool.submit(batches[0].gather, sources)
+        for j, batch in enumerate(batches):
+            x = pending.result()  # re-raises a decoding error here, in order
+            if j + 1 < len(batches):
+                pending = pool.submit(batches[j + 1].gather, sources)
+            yield batch, x

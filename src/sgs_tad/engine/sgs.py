@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -60,6 +59,7 @@ from sgs_tad.engine.microbatch import (
     check_features,
     device_indices,
     draw_sample,
+    gathered,
     num_sampled,
     plan_encode,
     plan_recompute,
@@ -67,7 +67,7 @@ from sgs_tad.engine.microbatch import (
 from sgs_tad.engine.records import EncodeRecord, SGSStats, autocast_state
 from sgs_tad.engine.rng import RNGState, capture_replay_state, replay_rng_state
 from sgs_tad.engine.sizing import AutoSizing
-from sgs_tad.engine.sources import SnippetSource, TensorSource
+from sgs_tad.engine.sources import SnippetSource
 
 __all__ = ["NO_GRAD_FEATURES_MESSAGE", "SGSStats", "SequentializedGradientSampler"]
 
@@ -319,25 +319,6 @@ class SequentializedGradientSampler(AutoSizing):
 
     # ------------------------------------------------------------------------------ phase 1
 
-    def _gathered(
-        self, batches: Sequence[MicroBatch], sources: Sequence[SnippetSource]
-    ) -> Iterator[tuple[MicroBatch, torch.Tensor]]:
-        """Each micro-batch with its snippets, the next one prefetched when asked to."""
-        prefetch = self.prefetch
-        if prefetch == "auto":
-            prefetch = any(not isinstance(s, TensorSource) for s in sources)
-        if not prefetch or len(batches) < 2:
-            for batch in batches:
-                yield batch, batch.gather(sources)
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgs-prefetch") as pool:
-            pending = pool.submit(batches[0].gather, sources)
-            for j, batch in enumerate(batches):
-                x = pending.result()  # re-raises a decoding error here, in order
-                if j + 1 < len(batches):
-                    pending = pool.submit(batches[j + 1].gather, sources)
-                yield batch, x
-
     def _run(self, batch: MicroBatch, x: torch.Tensor) -> torch.Tensor:
         target = self._target_device()
         if target is not None and x.device != target:
@@ -384,7 +365,7 @@ class SequentializedGradientSampler(AutoSizing):
         kept_snippets = kept_bytes = per_snippet = 0
         index: list[tuple[torch.Tensor, torch.Tensor]] = []
         with phase.encoding():
-            for j, (batch, x) in enumerate(self._gathered(batches, sources)):
+            for j, (batch, x) in enumerate(gathered(batches, sources, prefetch=self.prefetch)):
                 keeping = keeping and j < sampled
                 keeping = keeping and keep_fits(
                     self.keep_graphs, len(batch), kept_snippets, kept_bytes, per_snippet
@@ -644,7 +625,7 @@ class SequentializedGradientSampler(AutoSizing):
             low = record.autocast.get("dtype") in (torch.float16, torch.bfloat16)
             check = DeterminismCheck(autocast=bool(record.autocast.get("enabled")) and low)
         with phase.recomputing():
-            todo = self._gathered(batches[n_kept:], sources)
+            todo = gathered(batches[n_kept:], sources, prefetch=self.prefetch)
             for (batch, x), state, (videos, positions) in zip(
                 todo, states[n_kept:], index[n_kept:]
             ):
