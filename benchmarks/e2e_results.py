@@ -13,8 +13,7 @@ the missing ones (and re-evaluates runs whose numbers predate the current evalua
 their ``model.pt``). The table gives the mean ± sample standard deviation over seeds of each
 metric, the standard error of the average mAP, the paired difference to the frozen encoder and
 the encoder's gradient norm and update size (``sgs_tad.training.callbacks.GradientStats``), and
-writes
-``docs/results_<section>.png`` (each seed a dot).
+writes ``docs/results_<section>.png`` (each seed a dot).
 
 To reproduce the main table of docs/results.md (65 runs, about 95 minutes on 2 CPU cores, two at
 a time with one thread each; seeds 5-9 were not used to choose any setting)::
@@ -61,14 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "etad_anet.py"
 sys.path.insert(0, str(SCRIPT.parent))
 # its option parser (settings of a run) and evaluation version (older runs are re-evaluated)
-from etad_anet import (  # noqa: E402
-    EVALUATION_VERSION,
-    LAYOUTS,
-    parse_args,
-    pretrain_config,
-    pretrains,
-    synthetic_options,
-)
+from etad.data import synthetic_options  # noqa: E402
+from etad.evaluation import EVALUATION_VERSION  # noqa: E402
+from etad.options import LAYOUTS, parse_args, pretrain_config, pretrains  # noqa: E402
 from pretrain_encoder import pretrain_encoder  # noqa: E402
 
 RUNS: dict[str, tuple[str, list[str]]] = {

@@ -163,9 +163,9 @@ def test_checkpoint_of_the_main_job_extracts_with_its_trained_encoder(
     ]
     # Same features as the main job's own loader gives with its encoder.
     monkeypatch.syspath_prepend(str(MAIN_JOB.parent))
-    import etad_anet
+    from etad.prediction import load_model
 
-    _, encoder, _, _ = etad_anet.load_model(model, "cpu")
+    _, encoder, _, _ = load_model(model, "cpu")
     ours, _ = load_checkpoint_encoder(model)
     source = SnippetOptions(num_snippets=T).source(videos_dir / "v_synth_0003.mp4")
     with torch.no_grad():

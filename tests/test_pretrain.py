@@ -106,31 +106,29 @@ def test_pretrain_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_main_job_pretrained_option(tmp_path: Path) -> None:
-    import etad_anet
+    from etad import options
 
-    args = etad_anet.parse_args(["--pretrained", "auto"])
-    assert etad_anet.pretrains(args)
-    assert args.weights == pretrain_encoder.default_checkpoint(etad_anet.pretrain_config(args))
+    args = options.parse_args(["--pretrained", "auto"])
+    assert options.pretrains(args)
+    assert args.weights == pretrain_encoder.default_checkpoint(options.pretrain_config(args))
     assert args.frozen_stages == 1 and args.encoder_delay == 0.0
     assert args.encoder_lr == pytest.approx(args.detector_lr / 100)
-    scratch = etad_anet.parse_args(["--pretrained", "none"])
+    scratch = options.parse_args(["--pretrained", "none"])
     assert (
-        scratch.weights is None and scratch.encoder_lr == 2e-4 and not etad_anet.pretrains(scratch)
+        scratch.weights is None and scratch.encoder_lr == 2e-4 and not options.pretrains(scratch)
     )
-    given = etad_anet.parse_args(["--pretrained", "auto", "--weights", str(tmp_path / "w.pt")])
-    assert given.weights == tmp_path / "w.pt" and not etad_anet.pretrains(given)
+    given = options.parse_args(["--pretrained", "auto", "--weights", str(tmp_path / "w.pt")])
+    assert given.weights == tmp_path / "w.pt" and not options.pretrains(given)
     with pytest.raises(SystemExit):
-        etad_anet.parse_args(["--pretrained", str(tmp_path / "missing.pt")])
+        options.parse_args(["--pretrained", str(tmp_path / "missing.pt")])
 
 
 def test_auto_is_the_default_and_only_for_the_synthetic_set(tmp_path: Path) -> None:
-    import etad_anet
+    from etad import options
 
-    assert etad_anet.pretrains(etad_anet.parse_args([]))
-    real = etad_anet.parse_args(
-        ["--pretrained", "auto", "--annotations", str(tmp_path / "a.json")]
-    )
-    assert real.weights is None and not etad_anet.pretrains(real) and real.encoder_lr == 2e-4
+    assert options.pretrains(options.parse_args([]))
+    real = options.parse_args(["--pretrained", "auto", "--annotations", str(tmp_path / "a.json")])
+    assert real.weights is None and not options.pretrains(real) and real.encoder_lr == 2e-4
 
 
 def test_main_job_fine_tunes_a_pretrained_checkpoint(tmp_path: Path) -> None:

@@ -107,7 +107,9 @@ def test_bad_config_is_rejected(tmp_path, kwargs, match):
         generate_synthetic_dataset(tmp_path, **{**SMALL, **kwargs})
 
 
-@pytest.mark.parametrize("module", ["annotations", "snippets", "dataset", "synthetic", "windows"])
+@pytest.mark.parametrize(
+    "module", ["annotations", "snippets", "dataset", "synthetic", "synthetic.clips", "windows"]
+)
 def test_docstring_examples(module):
     import doctest
     import importlib

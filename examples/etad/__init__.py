@@ -5,6 +5,10 @@
 Sampling, ``model.predict(features)`` one :class:`ETADPrediction` per video, which
 :func:`to_detections` turns into ActivityNet-format detections. See
 ``docs/etad.md``.
+
+The main job, ``examples/etad_anet.py``, is a thin entry over the modules here that hold its
+parts: :mod:`.options`, :mod:`.data`, :mod:`.training`, :mod:`.evaluation` and
+:mod:`.prediction` (imported on their own, not by this package).
 """
 
 from .config import ETADConfig

@@ -1,8 +1,7 @@
 """From an :class:`~etad.model.ETADPrediction` to ActivityNet-format detections (App. A.4).
 
 The glue between the detector and ``sgs_tad.detection.postprocess``: boundary selection on the
-refined
-(stage-averaged) boxes, the score ``p = p_s * p_e * p_iou`` with ``p_s`` (``p_e``) the
+refined (stage-averaged) boxes, the score ``p = p_s * p_e * p_iou`` with ``p_s`` (``p_e``) the
 startness (endness) of the snippet where the box starts (ends), then soft-NMS, optional fusion
 with video-level class scores, and seconds.
 """

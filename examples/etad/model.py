@@ -348,6 +348,5 @@ def _batched_iou(segments: Tensor, gts: Tensor) -> Tensor:
 
 
 def _snippet_index(points: Tensor, temporal_scale: int) -> Tensor:
-    """Snippet ``floor(x * T)`` (clipped) of normalised times, as
-    ``sgs_tad.detection.postprocess``."""
+    """Snippet ``floor(x * T)`` (clipped) of normalised times, as in sgs_tad.detection."""
     return (points * temporal_scale).floor().long().clamp(0, temporal_scale - 1)

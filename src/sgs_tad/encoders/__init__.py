@@ -114,9 +114,8 @@ def freeze_encoder(
         encoder: An encoder of this package.
         frozen_stages: As mmaction2's ``frozen_stages`` (used by the ETAD configs): -1 freezes
             nothing, 0 the stem, k the stem and residual stages 1..k. The paper uses 2.
-        freeze_norm: Replace every BatchNorm by :class:`sgs_tad.engine.norm.FrozenBatchNorm`,
-        which is
-            what makes SGS exact for TSM and R(2+1)D. GroupNorm (small3d) is left as it is.
+        freeze_norm: Replace every BatchNorm by :class:`~sgs_tad.FrozenBatchNorm`, which
+            is what makes SGS exact for TSM and R(2+1)D. GroupNorm (small3d) is left as it is.
 
     Returns:
         The encoder (the same object, modified in place).

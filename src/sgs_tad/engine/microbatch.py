@@ -3,9 +3,8 @@
 A *slot* is one snippet of one video: ``(video, index)``. A plan is an order of slots cut into
 consecutive micro-batches; for each micro-batch the engine asks every video's
 :class:`~sgs_tad.engine.sources.SnippetSource` only for its own snippets. Features are written
-back to
-their ``[B, N_max]`` position, so the order in which the encoder saw the snippets never leaks
-into the result.
+back to their ``[B, N_max]`` position, so the order in which the encoder saw the snippets
+never leaks into the result.
 
 :func:`plan_encode` makes the whole plan of one batch. With a sample drawn before phase 1
 (feature-independent samplers) the sampled slots come first, cut at K, so the leading phase-1
@@ -26,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ __all__ = [
     "MicroBatch",
     "as_sources",
     "check_features",
+    "draw_sample",
     "num_sampled",
     "pack",
     "plan_encode",
@@ -83,6 +83,43 @@ def num_sampled(num_snippets: int, ratio: float) -> int:
     if ratio <= 0:
         return 0
     return min(num_snippets, max(1, math.ceil(round(ratio * num_snippets, 9))))
+
+
+def draw_sample(
+    sampler: Callable[..., torch.Tensor],
+    n_items: int,
+    ratio: float,
+    features: torch.Tensor | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The sorted indices of the snippets phase 3 back-propagates, checked.
+
+    Args:
+        sampler: ``sampler(num_items, num_samples, *, features=None, generator=None)``.
+        n_items: Snippets of the video, N.
+        ratio: γ; ``num_sampled(N, γ)`` indices are drawn (all of them at γ = 1).
+        features: The video's phase-1 features ``[N, C]`` for feature-guided samplers.
+        generator: The sampler's random generator.
+
+    Returns:
+        ``[n]`` distinct indices in ``[0, N)``, sorted, on the CPU.
+    """
+    k = num_sampled(n_items, ratio)
+    if k == n_items:
+        return torch.arange(n_items)
+    idx = sampler(n_items, k, features=features, generator=generator)
+    idx = torch.as_tensor(idx, dtype=torch.long).cpu().flatten()
+    if (
+        idx.numel() != k
+        or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_items))
+        or torch.unique(idx).numel() != k
+    ):
+        raise ValueError(
+            f"snippet sampler {sampler!r} returned {idx.tolist()[:8]}… for "
+            f"num_items={n_items}, num_samples={k}; a sampler must return {k} distinct "
+            f"indices in [0, {n_items})."
+        )
+    return torch.sort(idx).values
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from sgs_tad.engine.microbatch import (
     MicroBatch,
     as_sources,
     check_features,
+    draw_sample,
     num_sampled,
     plan_encode,
     plan_recompute,
@@ -341,26 +342,6 @@ class SequentializedGradientSampler(AutoSizing):
             )
         return record
 
-    # ----------------------------------------------------------------------------- sampling
-
-    def _draw(self, n_items: int, features: torch.Tensor | None) -> torch.Tensor:
-        k = num_sampled(n_items, self.ratio)
-        if k == n_items:
-            return torch.arange(n_items)
-        idx = self.sampler(n_items, k, features=features, generator=self.generator)
-        idx = torch.as_tensor(idx, dtype=torch.long).cpu().flatten()
-        if (
-            idx.numel() != k
-            or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_items))
-            or torch.unique(idx).numel() != k
-        ):
-            raise ValueError(
-                f"snippet sampler {self.sampler!r} returned {idx.tolist()[:8]}… for "
-                f"num_items={n_items}, num_samples={k}; a sampler must return {k} distinct "
-                f"indices in [0, {n_items})."
-            )
-        return torch.sort(idx).values
-
     # ------------------------------------------------------------------------------ phase 1
 
     def _gathered(
@@ -531,7 +512,7 @@ class SequentializedGradientSampler(AutoSizing):
         plan: EncodePlan | None = None
         picks: list[torch.Tensor] | None = None
         if self.ratio > 0 and not self.needs_features:
-            picks = [self._draw(n, None) for n in lengths]
+            picks = [self._sample(n, None) for n in lengths]
         fold = picks is not None and self._rng_free is True and not self.keep_graphs.enabled
         if picks is not None and not fold:
             # The sample is drawn before phase 1; the plan puts the sampled snippets first, so
@@ -573,6 +554,9 @@ class SequentializedGradientSampler(AutoSizing):
                 )  # fmt: skip
         return self._finish_encode(feats, sources, lengths, plan, picks if fold else None,
                                    rng_states, autocast, kept)  # fmt: skip
+
+    def _sample(self, n_items: int, features: torch.Tensor | None) -> torch.Tensor:
+        return draw_sample(self.sampler, n_items, self.ratio, features, self.generator)
 
     def _rng_snapshot(self) -> list[torch.Tensor]:
         """The global random states an encoder's dropout would advance (CPU, its CUDA device)."""
@@ -664,7 +648,7 @@ class SequentializedGradientSampler(AutoSizing):
             # Feature-guided sampler: the sample exists only now. The sampled snippets get new
             # micro-batches, so phase-1 RNG states cannot be replayed (see docs/transparency.md).
             detached = feats.detach()
-            picks = [self._draw(n, detached[v, :n]) for v, n in enumerate(lengths)]
+            picks = [self._sample(n, detached[v, :n]) for v, n in enumerate(lengths)]
             batches = plan_recompute(picks, self.micro_batch_size)
             states = [None] * len(batches)
         scale = torch.ones(len(lengths), dtype=grad.dtype, device=grad.device)

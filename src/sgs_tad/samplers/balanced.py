@@ -1,8 +1,7 @@
 """Balanced sampling over bins: the engine of the label-guided strategies (§3.5).
 
 ``iou_balanced`` and ``scale_balanced`` (see :func:`sgs_tad.detection.proposals.sample_proposals`)
-put
-every proposal in one of three bins and draw equal counts from each.
+put every proposal in one of three bins and draw equal counts from each.
 
 Example:
     >>> import torch

@@ -1,6 +1,5 @@
-"""Hooks into :class:`~sgs_tad.training.trainer.SGSTrainer`: subclass :class:`Callback`, override
-what
-you need, pass ``callbacks=[...]``.
+"""Hooks into :class:`~sgs_tad.SGSTrainer`: subclass :class:`Callback`, override what you need,
+pass ``callbacks=[...]``.
 
 Every hook receives the trainer, so a callback can read ``trainer.step``, ``trainer.epoch``,
 the modules and the optimizer, or call ``trainer.request_stop()``.

@@ -1,5 +1,4 @@
-"""Atomic, verified training checkpoints (the random states they hold live in
-:mod:`sgs_tad.engine.rng`).
+"""Atomic, verified training checkpoints (their random states live in :mod:`sgs_tad.engine.rng`).
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk
 (``fsync``) and renamed over its final name, so a crash or a SIGKILL mid-write never leaves a

@@ -1,5 +1,4 @@
-"""Optimisers and schedules of :class:`~sgs_tad.training.trainer.SGSTrainer`: the one place for
-rates.
+"""Optimisers and schedules of :class:`~sgs_tad.SGSTrainer`: the one place for rates.
 
 The trainer takes *factories*: ``optimizer(encoder, detector) -> Optimizer`` and
 ``scheduler(optimizer) -> LRScheduler``, because it builds them on the modules it trains. The

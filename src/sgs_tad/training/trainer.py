@@ -10,9 +10,8 @@ detector together. (The original ETAD code steps twice per iteration and relies 
 
 The trainer is handed built parts: the engine (which owns the encoder and its device), the
 detector, and optimizer/scheduler *factories* from :mod:`sgs_tad.training.optimization`, where
-every
-learning rate is set. Under ``torchrun`` the gradients are averaged over ranks by one explicit
-all-reduce per step, not by DDP hooks: see :mod:`sgs_tad.training.distributed` for why.
+every learning rate is set. Under ``torchrun`` the gradients are averaged over ranks by one
+explicit all-reduce per step, not by DDP hooks: see :mod:`sgs_tad.training.distributed` for why.
 
 Example:
     >>> import torch
@@ -103,8 +102,7 @@ class SGSTrainer:
             paper's AdamW, :func:`sgs_tad.training.optimization.adamw`.
         scheduler: a factory ``scheduler(optimizer) -> LRScheduler``; default the paper's
             :func:`~sgs_tad.training.optimization.step_decay`. Stepped per epoch, or per optimizer
-            step
-            when the factory's ``interval`` is ``"step"``
+            step when the factory's ``interval`` is ``"step"``
             (:func:`~sgs_tad.training.optimization.warmup_cosine`).
         max_grad_norm: clip the global gradient norm (encoder and detector together).
         accumulation_steps: iterations whose gradients are averaged into one optimizer step;
@@ -569,8 +567,7 @@ class SGSTrainer:
         batch_size: int = 1,
         collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> dict[str, float]:
-        """:func:`sgs_tad.training.inference.evaluate` with this trainer's engine, detector and
-        AMP.
+        """:func:`~sgs_tad.training.inference.evaluate` with this trainer's engine and detector.
 
         ``eval_step(feats, batch, info)`` returns per-batch metric means (or ``None``); the
         result is their batch-size-weighted mean over batches and ranks.
@@ -593,8 +590,7 @@ class SGSTrainer:
         strict_world_size: bool = True,
         override: bool = False,
     ) -> None:
-        """Restore a :meth:`state_dict`; see
-        :func:`~sgs_tad.training.resume.restore_trainer_state`."""
+        """Restore a :meth:`state_dict`: :func:`~sgs_tad.training.resume.restore_trainer_state`."""
         restore_trainer_state(
             self, state, source=source, strict_world_size=strict_world_size, override=override
         )
