@@ -395,7 +395,10 @@ class SGSTrainer:
             eval_step: the per-batch evaluation callable.
 
         Returns:
-            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "phases"}``.
+            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "stop_signal",
+            "phases"}``: ``stopped`` is true when the run ended before ``epochs`` (a signal,
+            :meth:`request_stop` or ``max_steps``), ``stop_signal`` the name of the signal
+            (``"SIGTERM"``) that stopped it, else ``None``.
         """
         check_int("epochs", epochs, minimum=1)
         if (eval_data is None) != (eval_step is None):
@@ -471,6 +474,7 @@ class SGSTrainer:
             "skipped_steps": self.skipped_steps,
             "bad_videos": list(self.bad_videos),
             "stopped": self.stopped,
+            "stop_signal": None if signals.received is None else signals.received.name,
             "phases": self.timer.summary(),
         }
 
