@@ -282,45 +282,20 @@ class SequentializedGradientSampler(AutoSizing):
         self.generator.manual_seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler generator's state and what the first batches measured (checkpoints).
-
-        A resume needs both: with ``"auto"`` sizes, a fresh engine would run its first
-        batches at K again and measure anew, and calls of another size round differently
-        (the weights of a resumed run drifted from the uninterrupted one's by ~1e-6).
-        """
-        return {
-            "generator": self.generator.get_state(),
-            "sizes": {
-                "micro_batch_size": self.micro_batch_size,
-                "encode_batch_size": self.encode_batch_size,
-                "auto_k": self._auto_k,
-                "sizing": None if self._sizing is None else dict(self._sizing),
-                "auto_choice": self.auto_choice,
-                "phase1_choice": self.phase1_choice,
-                "rng_free": self._rng_free,
-                "independence_checked": self._independence_checked,
-            },
-        }
+        """The sampler generator's state and what the first batches measured (checkpoints:
+        a fresh engine would measure ``"auto"`` sizes anew, and calls of another size round
+        differently, so a resumed run would drift from the uninterrupted one)."""
+        return {"generator": self.generator.get_state(), "sizes": self._sizes_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict` (one without ``"sizes"``, from an
-        older checkpoint, restores the generator alone)."""
+        """Restore :meth:`state_dict` (an older one, without ``"sizes"``: the generator)."""
         if "generator" not in state:
             raise KeyError(
                 f"SGS state has keys {sorted(state)}; expected 'generator' (from state_dict())."
             )
         self.generator.set_state(state["generator"])
-        sizes = state.get("sizes")
-        if sizes is None:
-            return
-        self.micro_batch_size = int(sizes["micro_batch_size"])
-        self.encode_batch_size = int(sizes["encode_batch_size"])
-        self._auto_k = bool(sizes["auto_k"])
-        self._sizing = None if sizes["sizing"] is None else dict(sizes["sizing"])
-        self.auto_choice = sizes["auto_choice"]
-        self.phase1_choice = sizes["phase1_choice"]
-        self._rng_free = sizes["rng_free"]
-        self._independence_checked = bool(sizes["independence_checked"])
+        if state.get("sizes") is not None:
+            self._load_sizes_state(state["sizes"])
 
     def mask(self, feats: torch.Tensor) -> torch.Tensor:
         """Validity mask ``[B, N_max]`` of features returned by :meth:`encode` (padding False)."""

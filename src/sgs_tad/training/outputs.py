@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -263,6 +264,7 @@ class OutputLock:
         self.directory = Path(directory)
         self.what = what
         self._key: Path | None = None
+        self._created = False
 
     @property
     def path(self) -> Path:
@@ -280,6 +282,7 @@ class OutputLock:
         """Take the lock (see the class); returns ``self``."""
         if self._key is not None:
             return self
+        self._created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         key = self.directory.resolve()
         if key in _HELD:
@@ -326,7 +329,8 @@ class OutputLock:
         raise self._refuse()
 
     def release(self) -> None:
-        """Give the lock back (the last release of this process deletes the lock file)."""
+        """Give the lock back. The last release of this process deletes the lock file, and
+        the folder too when the lock created it and it is still empty."""
         key, self._key = self._key, None
         if key is None or key not in _HELD:
             return
@@ -339,6 +343,9 @@ class OutputLock:
         # (the samestat check above) and opens the new one.
         self.path.unlink(missing_ok=True)
         os.close(fd)
+        if self._created:  # a run refused before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()
 
     def __enter__(self) -> OutputLock:
         return self.acquire()
