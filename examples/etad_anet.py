@@ -23,6 +23,10 @@ video time and the windows of a video merged by soft-NMS per class), and mAP at 
 Outputs: ``predictions.json`` (ActivityNet results format), ``metrics.json``,
 ``predictions.png`` (detections against ground truth), ``metrics.jsonl`` and TensorBoard logs,
 ``checkpoints/`` (``--resume`` continues from the newest one) and ``model.pt`` for ``predict``.
+A run stopped by SIGTERM or Ctrl-C saves a checkpoint, writes no ``model.pt``, marks
+``metrics.json`` ``"interrupted": true`` and exits with 128 + the signal number (143 for
+SIGTERM). One run at a time may use an ``--output-dir`` (a lock file while it runs), and
+``--data-root`` without ``--annotations`` must be the synthetic set's own folder.
 
 This file is the run (:func:`train`) and the subcommand dispatch (:func:`main`); the parts are in
 ``examples/etad/``: ``options.py`` (the command line), ``data.py``, ``training.py`` (models,
@@ -100,9 +104,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_training(args: argparse.Namespace, rank: int, world: int) -> dict[str, Any]:
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     ann, root, mode = prepare_data(args, rank)
+    # Seeded after the data and the pretrained encoder are ready: pretraining in this process
+    # (a cold data/pretrain cache) draws from the global generator, and the models built next
+    # would then start from other weights than in a run that loads the cached encoder.
+    torch.manual_seed(args.seed)
     common = dataset_options(args, mode)
     try:  # the data layer's errors name the file or video and the fix: say them in one line
         train_set = ActivityNetDataset(ann, root, subset="training", training=True,
