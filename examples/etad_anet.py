@@ -23,6 +23,10 @@ video time and the windows of a video merged by soft-NMS per class), and mAP at 
 Outputs: ``predictions.json`` (ActivityNet results format), ``metrics.json``,
 ``predictions.png`` (detections against ground truth), ``metrics.jsonl`` and TensorBoard logs,
 ``checkpoints/`` (``--resume`` continues from the newest one) and ``model.pt`` for ``predict``.
+A run stopped by SIGTERM or Ctrl-C saves a checkpoint, writes no ``model.pt``, marks
+``metrics.json`` ``"interrupted": true`` and exits with 128 + the signal number (143 for
+SIGTERM). One run at a time may use an ``--output-dir`` (a lock file while it runs), and
+``--data-root`` without ``--annotations`` must be the synthetic set's own folder.
 
 This file is the run (:func:`train`) and the subcommand dispatch (:func:`main`); the parts are in
 ``examples/etad/``: ``options.py`` (the command line), ``data.py``, ``training.py`` (models,
@@ -33,12 +37,12 @@ subcommands).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -64,9 +68,21 @@ from sgs_tad.training.callbacks import GradientStats
 from sgs_tad.training.distributed import barrier
 from sgs_tad.training.metrics import PeakMemory
 from sgs_tad.training.optimization import adamw
+from sgs_tad.training.outputs import (
+    DiskFullError,
+    OutputLock,
+    OutputLockedError,
+    atomic_torch_save,
+    atomic_write_json,
+)
 from sgs_tad.training.threads import set_threads
 
 log = logging.getLogger("etad_anet")
+
+
+#: Exit status of a run stopped by a signal other than SIGTERM/SIGINT (those give 128 + the
+#: signal number, 143 and 130, as a shell reports them).
+EXIT_STOPPED = 3
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,9 +91,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     rank, world = setup_distributed(args.device, args.ddp_timeout)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
-    torch.manual_seed(args.seed)
+    # One run per --output-dir (rank 0 writes there): a second one would interleave
+    # metrics.jsonl and replace the first one's checkpoints and model.pt.
+    lock = OutputLock(args.output_dir, what="--output-dir") if rank == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except OutputLockedError as err:
+        fail(str(err))
+    try:
+        return run_training(args, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_training(args: argparse.Namespace, rank: int, world: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     ann, root, mode = prepare_data(args, rank)
+    # Seeded after the data and the pretrained encoder are ready: pretraining in this process
+    # (a cold data/pretrain cache) draws from the global generator, and the models built next
+    # would then start from other weights than in a run that loads the cached encoder.
+    torch.manual_seed(args.seed)
     common = dataset_options(args, mode)
     try:  # the data layer's errors name the file or video and the fix: say them in one line
         train_set = ActivityNetDataset(ann, root, subset="training", training=True,
@@ -92,8 +127,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             'evaluated after training. Give some videos "subset": "validation" in the '
             "annotations (the synthetic set has them), or check the annotation file."
         )
+    if len(train_set) == 0:
+        fail(f"{ann} has no videos in the training subset; give some videos "
+             '"subset": "training" in the annotations, or check the annotation file')  # fmt: skip
     # thumos: every item is a window of a video (those with an action, for training)
     train_items = windowed(args, train_set, training=True)
+    if len(train_items) == 0:
+        fail(f"no --window {args.window} window of the {len(train_set)} training videos holds "
+             "an action; lower --window or check the annotations")  # fmt: skip
     if train_items is not train_set:
         log.info("%d training windows of %d snippets from %d videos", len(train_items),
                  args.window, len(train_set))  # fmt: skip
@@ -148,6 +189,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # barrier after the evaluation could outlast the collective timeout.
         barrier("waiting for every rank to finish training")
         dist.destroy_process_group()
+    if fit["stopped"]:  # preempted: the checkpoint is the result, not a finished model
+        stopped(args, fit, rank, world, checkpoints)
     summary: dict[str, Any] = {}
     peaks = trainer.timer.memory.as_mb()
     if rank == 0:
@@ -156,8 +199,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         except FloatingPointError as err:  # a model that diverged: say it in one line
             fail(f"evaluation stopped: {err} {fit['skipped_steps']} of {fit['step']} training "
                  "steps were skipped (non-finite); lower the learning rates.")  # fmt: skip
-        (out / "predictions.json").write_text(json.dumps(ev["predictions"]))
-        torch.save(
+        # Each final file is written atomically: a full disk or a kill leaves the old one.
+        atomic_write_json(out / "predictions.json", ev["predictions"], indent=None)
+        atomic_torch_save(
             {"encoder": encoder.state_dict(), "detector": detector.state_dict(),
              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
              "classes": list(train_set.classes), "in_channels": in_channels},
@@ -179,7 +223,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "world_size": world,
         }
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(out / "metrics.json", summary)
         try:
             plot_predictions(val_set, ev["predictions"], out / "predictions.png", num_videos=4)
         except ImportError as err:
@@ -191,6 +235,31 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f"{train_time:.0f} s, total {summary['total_time_s']:.0f} s; outputs in {out}"
         )
     return summary
+
+
+def stopped(args: argparse.Namespace, fit: dict[str, Any], rank: int, world: int,
+            checkpoints: Path) -> NoReturn:  # fmt: skip
+    """End a run stopped before its last epoch (SIGTERM, Ctrl-C) as what it is.
+
+    No evaluation and no ``model.pt`` (that name is a finished model's); ``metrics.json`` says
+    ``"interrupted": true`` and where the checkpoint is, stderr says how to continue, and the
+    exit status is 128 + the signal number (143 for SIGTERM), so a scheduler sees a failure.
+    """
+    signame = fit.get("stop_signal")
+    code = 128 + int(getattr(signal, signame)) if signame else EXIT_STOPPED
+    if rank == 0:
+        atomic_write_json(args.output_dir / "metrics.json", {
+            "interrupted": True, "stop_signal": signame, "steps": fit["step"],
+            "epochs_done": fit["epoch"], "epochs": args.epochs, "checkpoint_dir": str(checkpoints),
+            "skipped_steps": fit["skipped_steps"], "bad_videos": fit["bad_videos"],
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "world_size": world,
+        })  # fmt: skip
+        print(f"{Path(sys.argv[0]).name}: training was interrupted ({signame or 'stop request'})"
+              f" at step {fit['step']}, epoch {fit['epoch']} of {args.epochs}; the checkpoint is"
+              f" in {checkpoints} and no model.pt was written: rerun the same command with"
+              " --resume to finish", file=sys.stderr)  # fmt: skip
+    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
             train(parse_args(argv))
     except NonFiniteSnippetsError as err:  # NaN/inf inputs: name the video, not the loss
         fail(str(err))
+    except DiskFullError as err:  # one line that says what happened; no file was replaced
+        print(f"{Path(sys.argv[0]).name}: error: {err.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

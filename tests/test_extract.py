@@ -111,11 +111,19 @@ def test_a_corrupt_video_is_reported_and_counted_while_the_others_succeed(
     (folder / "notes.txt").write_text("not a video")
     assert sorted(videos_in_folder(folder)) == ["broken", "v_synth_0000", "v_synth_0001"]
     out = tmp_path / "features"
-    common = ["--encoder", "small3d", "--videos", folder, "--output", out, "--no-progress"]
+    # Fixed weights: a resume is refused when the encoder changed (a random one each run).
+    weights = tmp_path / "small3d.pt"
+    torch.save(build_encoder("small3d").state_dict(), weights)
+    common = ["--encoder", "small3d", "--weights", weights, "--videos", folder, "--output", out,
+              "--no-progress"]  # fmt: skip
     proc = run(*common, "--num-snippets", T, "--device", "cpu", returncode=1)
     assert "2 written, 0 skipped (already there), 1 failed of 3 videos" in proc.stdout
     assert "broken.mp4" in proc.stderr and "failed: broken:" in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["v_synth_0000.npy", "v_synth_0001.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "extract_manifest.json",
+        "v_synth_0000.npy",
+        "v_synth_0001.npy",
+    ]
     assert np.load(out / "v_synth_0000.npy").shape == (T, 128)
     # Resuming retries only the failed video, which fails again.
     proc = run(*common, "--num-snippets", T, "--device", "cpu", returncode=1)
@@ -149,7 +157,10 @@ def test_checkpoint_of_the_main_job_extracts_with_its_trained_encoder(
     # The snippet options default to the run's (T = 16 here, not the CLI's 32).
     run("--checkpoint", model, "--annotations", dataset, "--data-root", videos_dir,
         "--output", feats, "--prefix", "v_", "--device", "cpu", "--no-progress")  # fmt: skip
-    assert sorted(p.name for p in feats.iterdir()) == [f"v_synth_{i:04d}.npy" for i in range(6)]
+    assert sorted(p.name for p in feats.iterdir()) == [
+        "extract_manifest.json",
+        *(f"v_synth_{i:04d}.npy" for i in range(6)),
+    ]
     # Same features as the main job's own loader gives with its encoder.
     monkeypatch.syspath_prepend(str(MAIN_JOB.parent))
     from etad.prediction import load_model
@@ -219,3 +230,90 @@ def test_bad_arguments_exit_2_with_one_line_naming_the_value(
     assert message.format(**fill) in err, err
     assert len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------- issue 23 item 9: extract knows what it made
+
+
+def tensor_videos(n: int = 3, length: int = 5) -> dict:
+    from sgs_tad.engine.sources import TensorSource
+
+    g = torch.Generator().manual_seed(0)
+    return {f"v{i}": TensorSource(torch.randn(length, 6, generator=g)) for i in range(n)}
+
+
+def linear_encoder(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4))
+
+
+def test_a_rerun_with_other_settings_is_refused_or_redone_with_overwrite(tmp_path: Path) -> None:
+    videos = tensor_videos()
+    first = extract_features(linear_encoder(0), videos, tmp_path, progress=False)
+    assert first["written"] == 3
+    manifest = json.loads((tmp_path / "extract_manifest.json").read_text())
+    assert manifest["files"]["v0.npy"]["shape"] == [5, 4]
+    with pytest.raises(ValueError, match="other settings.*encoder_digest.*--overwrite"):
+        extract_features(linear_encoder(1), videos, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="num_snippets: 32 there, 16 now"):
+        extract_features(linear_encoder(0), videos, tmp_path, progress=False,
+                         snippets=SnippetOptions(num_snippets=16))  # fmt: skip
+    redone = extract_features(linear_encoder(1), videos, tmp_path, progress=False, overwrite=True)
+    assert redone["written"] == 3
+    again = extract_features(linear_encoder(1), videos, tmp_path, progress=False)
+    assert (again["written"], again["skipped"]) == (0, 3)
+
+
+def test_empty_and_truncated_files_are_not_counted_as_done(tmp_path: Path) -> None:
+    videos = tensor_videos()
+    extract_features(linear_encoder(), videos, tmp_path, progress=False)
+    (tmp_path / "v0.npy").write_bytes(b"")
+    whole = (tmp_path / "v1.npy").read_bytes()
+    (tmp_path / "v1.npy").write_bytes(whole[:-7])
+    again = extract_features(linear_encoder(), videos, tmp_path, progress=False)
+    assert (again["written"], again["skipped"]) == (2, 1)
+    assert np.load(tmp_path / "v1.npy").shape == (5, 4)
+
+
+def test_files_without_a_manifest_of_another_length_are_refused(tmp_path: Path) -> None:
+    """The issue's case: --num-snippets 16 over files made with 128 reported "24 skipped"."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a", "b"):
+        (videos / f"{name}.mp4").write_bytes(b"never decoded")
+        np.save(tmp_path / f"{name}.npy", np.zeros((128, 128), np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--encoder", "small3d", "--videos", str(videos), "--output", str(tmp_path),
+              "--num-snippets", "16", "--no-progress"])  # fmt: skip
+    assert exit_info.value.code == 2
+
+
+def test_option_errors_and_an_unwritable_output_are_found_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"never decoded")
+    (tmp_path / "file").write_text("")
+    for extra, message in (
+        (["--prefix", "x/y", "--output", str(tmp_path / "out")], "--prefix 'x/y'"),
+        (["--output", str(tmp_path / "file" / "sub")], "is a file, so the folder cannot"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--encoder", "small3d", "--videos", str(videos), "--no-progress", *extra])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_planted_link_at_a_predictable_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    # The names the old code used (.<file>.<pid>.tmp) and similar ones.
+    for name in (f".v0.npy.{os.getpid()}.tmp", ".v0.npy.tmp"):
+        (out / name).symlink_to(victim)
+    extract_features(linear_encoder(), tensor_videos(1), out, progress=False)
+    assert victim.read_text() == "keep me"
+    assert np.load(out / "v0.npy").shape == (5, 4)

@@ -203,3 +203,37 @@ def test_a_version_1_checkpoint_without_settings_still_loads(tmp_path):
     assert fresh.step == 2
     for a, b in zip(fresh.parameters, trainer.parameters):
         assert torch.equal(a, b)
+
+
+def _small3d_run(directory, *, epochs: int, resume: bool = False, stop: int | None = None):
+    from sgs_tad.encoders import build_encoder, freeze_encoder
+
+    torch.manual_seed(0)
+    encoder = freeze_encoder(build_encoder("small3d"), frozen_stages=1)
+    detector = nn.Linear(encoder.out_channels, 1)
+    g = torch.Generator().manual_seed(1)
+    data = [{"snippets": torch.randn(16, 3, 4, 32, 32, generator=g)} for _ in range(3)]
+    # encode_batch_size="auto", as in the main job: measured on the first batch.
+    engine = SequentializedGradientSampler(encoder, ratio=0.3, micro_batch_size=4,
+                                           encode_batch_size="auto")  # fmt: skip
+    trainer = SGSTrainer(engine, detector, loss_fn=lambda out, batch, info: out.square().mean(),
+                         checkpoint_dir=directory, seed=3,
+                         callbacks=[StopAt(stop)] if stop else [])  # fmt: skip
+    trainer.fit(data, epochs=epochs, resume=resume)
+    return trainer
+
+
+def test_resume_restores_the_measured_phase1_size_bit_identically(tmp_path) -> None:
+    """Issue 23 item 10: the main job's resume drifted (~1e-6) because a fresh engine ran its
+    first batches at K and measured "auto" anew; phase-1 calls of another size round
+    differently on the CPU."""
+    torch.set_num_threads(1)
+    whole = _small3d_run(tmp_path / "a", epochs=2)
+    _small3d_run(tmp_path / "b", epochs=2, stop=2)
+    resumed = _small3d_run(tmp_path / "b", epochs=2, resume=True)
+    assert resumed.engine.encode_batch_size == whole.engine.encode_batch_size > 4
+    for (name, p), q in zip(
+        [*whole.encoder.named_parameters(), *whole.detector.named_parameters()],
+        [*resumed.encoder.parameters(), *resumed.detector.parameters()],
+    ):
+        assert torch.equal(p, q), name

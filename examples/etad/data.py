@@ -9,7 +9,9 @@ windows, :func:`collate` the trainer's batches.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,57 @@ def data_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
     return ann, synthetic_video_dir(ann), "video"
 
 
+#: What a folder of the synthetic set may hold besides its own files (a killed generator's
+#: temporary annotation file, a desktop's metadata).
+_SYNTHETIC_VIDEO = re.compile(r"^v_synth_\d{4}\.mp4$")
+_HARMLESS = {".DS_Store", "annotations.json.tmp"}
+
+
+def check_synthetic_root(root: Path) -> None:
+    """Refuse to generate the synthetic set into a folder that holds anything else.
+
+    ``--data-root`` without ``--annotations`` is where the synthetic set is written (or
+    reused); a folder holding the user's own ``annotations.json`` or videos would be
+    overwritten by it. Every rank checks, before anything is written.
+    """
+    if not root.exists():
+        return
+    if not root.is_dir():
+        fail(f"--data-root {root} is a file; pass a folder for the synthetic set (or "
+             "--annotations FILE.json with --data-root VIDEOS_DIR for your own data)")  # fmt: skip
+    found = []
+    ann = root / "annotations.json"
+    if ann.exists():
+        try:
+            synthetic = "sgs_tad_synthetic" in json.loads(ann.read_bytes())
+        except (OSError, ValueError, TypeError):
+            synthetic = False
+        if not synthetic:
+            found.append("annotations.json (not a synthetic set)")
+    videos = root / "videos"
+    if videos.is_dir():
+        others = [p.name for p in videos.iterdir() if not _SYNTHETIC_VIDEO.match(p.name)
+                  and p.name not in _HARMLESS]  # fmt: skip
+        if others:
+            found.append(f"videos/ with {len(others)} file(s) of its own (first: {others[0]})")
+    elif videos.exists():
+        found.append("a file named videos")
+    extra = [p.name for p in root.iterdir()
+             if p.name not in {"annotations.json", "videos", *_HARMLESS}]  # fmt: skip
+    if extra:
+        found.append(f"{len(extra)} other entr{'y' if len(extra) == 1 else 'ies'} "
+                     f"(first: {extra[0]})")  # fmt: skip
+    if found:
+        fail(f"--data-root {root} holds {' and '.join(found)}, and without --annotations the "
+             "synthetic set would be written there over them; to train on that data pass "
+             f"--annotations {ann} --data-root {videos}, or give the synthetic set an empty or "
+             "new --data-root")  # fmt: skip
+
+
 def prepare_data(args: argparse.Namespace, rank: int) -> tuple[Path, Path, str]:
     """:func:`data_paths`; rank 0 first generates the synthetic set if it is the one used."""
     if args.features is None and args.annotations is None:
+        check_synthetic_root(Path(args.data_root))
         if rank == 0:
             log.info("synthetic data set: %s (%d videos)", args.data_root, args.num_videos)
             generate_synthetic_dataset(args.data_root, **synthetic_options(args))

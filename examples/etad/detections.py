@@ -54,12 +54,11 @@ def to_detections(
     # Post-processing on the CPU, copied there once per video: its boolean masks and soft-NMS
     # picks would each sync a GPU, for a few hundred numbers (and class scores computed on
     # another device would not mix with them).
-    segments, start, end, iou_score = (
-        x.detach().cpu()
-        for x in (prediction.segments, prediction.start, prediction.end, prediction.iou_score)
-    )
+    prediction = prediction.to("cpu")
     if class_scores is not None:
         class_scores = class_scores.detach().cpu()
+    segments, start, end = prediction.segments, prediction.start, prediction.end
+    iou_score = prediction.iou_score
     keep = select_by_boundaries(segments, start, end, ratio=boundary_ratio)
     segments = segments[keep]
     t = start.shape[0]

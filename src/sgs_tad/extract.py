@@ -16,9 +16,12 @@ From the command line::
     python -m sgs_tad.extract --encoder tsm_r50 --weights tsm_k400.pth \\
         --videos /data/videos --num-snippets 128 --snippet-length 8 --size 224 --output feats/
 
-Extraction is resumable (existing files are skipped; files are written to a temporary name and
-renamed, so a killed run never leaves a truncated ``.npy``), and a video that cannot be read is
-logged, counted and skipped without stopping the others. Exit status: 0 when every video has its
+Extraction is resumable: ``<output>/extract_manifest.json`` (:mod:`sgs_tad.manifest`) records the
+settings and each file's shape and size, so a rerun skips the files that are done, extracts
+again those that are empty or truncated, and refuses a folder made with other settings unless
+``--overwrite``. Files are written to an unpredictable temporary name and renamed, so a killed
+run never leaves a truncated ``.npy``; a video that cannot be read is logged, counted and
+skipped without stopping the others. Exit status: 0 when every video has its
 file, 1 when some failed, 2 for bad arguments.
 
 Example:
@@ -57,7 +60,16 @@ from sgs_tad.encoders import ENCODERS, build_encoder
 from sgs_tad.engine.norm import freeze_norm_layers
 from sgs_tad.engine.sgs import SequentializedGradientSampler
 from sgs_tad.engine.sources import SnippetSource
+from sgs_tad.manifest import Manifest, extraction_settings
 from sgs_tad.training.metrics import ProgressBar
+from sgs_tad.training.outputs import (
+    DiskFullError,
+    OutputLock,
+    OutputLockedError,
+    atomic_write,
+    remove_stale_temporaries,
+    temporary_file,
+)
 
 __all__ = [
     "SnippetOptions",
@@ -78,6 +90,8 @@ VideoInput = Union[str, "os.PathLike[str]", SnippetSource]
 #: ``(x - 0.5) / 0.25``.
 MAIN_JOB_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 MAIN_JOB_STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
+#: Seconds between rewrites of the manifest during a run (and once at its end).
+MANIFEST_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -227,15 +241,9 @@ def videos_in_folder(folder: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``array`` to ``path`` atomically (an unpredictable temporary name, fsync,
+    ``os.replace``): a planted link is never followed, a killed run leaves no partial file."""
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _check_id(video_id: str) -> None:
@@ -293,13 +301,22 @@ def extract_features(
         pool: Optional callable applied to the encoder output, as in the engine.
         prefix: Prepended to the video id in the file name (``"v_"`` for ActionFormer's
             ActivityNet configuration).
-        overwrite: Recompute files that exist (default: skip them, which makes a rerun resume).
+        overwrite: Recompute every file, and accept a folder made with other settings
+            (default: skip the files that are done, which makes a rerun resume).
         progress: Show a progress bar (tqdm, when installed).
 
     Returns:
         A summary: ``total``, ``written``, ``skipped`` (files already there), ``failed``
         (counts), ``failures`` (``{video_id: "file: error"}``), ``channels`` (C, or ``None``
         when nothing was written), ``output_dir`` and ``seconds``.
+
+    Raises:
+        ValueError: ``output_dir`` holds features made with other settings (its
+            :mod:`~sgs_tad.manifest` says which) and not ``overwrite``; or ``prefix`` cannot
+            name a file. Both before anything is decoded.
+        OSError: ``output_dir`` cannot be written (found before anything is decoded);
+            :class:`~sgs_tad.training.outputs.DiskFullError` when the disk fills up.
+        OutputLockedError: another extraction writes into ``output_dir``.
     """
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}.")
@@ -315,7 +332,34 @@ def extract_features(
         raise NotADirectoryError(
             f"output_dir {str(out)!r} is a file; pass a folder (it is created if needed)."
         )
-    out.mkdir(parents=True, exist_ok=True)
+    _check_id(f"{prefix}x")  # a prefix that cannot name a file fails once, not per video
+    with OutputLock(out, what="output folder"):
+        # Under the lock no other extraction writes here: temporaries are a killed run's.
+        remove_stale_temporaries(out)
+        manifest = Manifest(out, extraction_settings(encoder, opts, prefix=prefix, pool=pool))
+        sources_only = any(isinstance(v, SnippetSource) for v in videos.values())
+        manifest.open(overwrite=overwrite,
+                      expected_length=None if sources_only else opts.num_snippets)  # fmt: skip
+        manifest.write()  # before any decoding: an unwritable folder fails now
+        return _extract_all(encoder, videos, out, manifest, opts,
+                            micro_batch_size=micro_batch_size, device=device, pool=pool,
+                            prefix=prefix, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def _extract_all(
+    encoder: nn.Module,
+    videos: Mapping[str, VideoInput],
+    out: Path,
+    manifest: Manifest,
+    opts: SnippetOptions,
+    *,
+    micro_batch_size: int,
+    device: torch.device | str | None,
+    pool: Callable[[torch.Tensor], torch.Tensor] | None,
+    prefix: str,
+    overwrite: bool,
+    progress: bool,
+) -> dict[str, Any]:
     was_training = encoder.training
     encoder.eval()
     engine = SequentializedGradientSampler(
@@ -326,7 +370,7 @@ def extract_features(
         determinism_check=False,
         device=device,
     )
-    t0 = time.perf_counter()
+    t0 = last_write = time.perf_counter()
     written = skipped = 0
     channels: int | None = None
     failures: dict[str, str] = {}
@@ -334,7 +378,7 @@ def extract_features(
     try:
         for video_id, item in videos.items():
             target = out / f"{prefix}{video_id}.npy"
-            if target.exists() and not overwrite:
+            if not overwrite and manifest.done(target):
                 skipped += 1
                 bar.update(1, written=written, skipped=skipped, failed=len(failures))
                 continue
@@ -345,6 +389,8 @@ def extract_features(
                 feats = engine.encode_features([source])[0, : len(source)]
                 array = feats.detach().float().cpu().numpy()
                 _save_atomic(target, array)
+            except DiskFullError:
+                raise  # every next video would fail the same way
             except Exception as err:  # a bad video must not stop the others
                 if _is_device_failure(err):
                     # Not the video's fault: after an OOM or a sticky CUDA error (device-side
@@ -357,10 +403,15 @@ def extract_features(
             else:
                 written += 1
                 channels = int(array.shape[1])
+                manifest.record(target)
+                if time.perf_counter() - last_write > MANIFEST_EVERY_S:
+                    manifest.write()
+                    last_write = time.perf_counter()
             bar.update(1, written=written, skipped=skipped, failed=len(failures))
     finally:
         bar.close()
         encoder.train(was_training)
+        manifest.write()
     return {
         "total": len(videos),
         "written": written,
@@ -520,12 +571,38 @@ def _check_args(a: argparse.Namespace) -> None:
         _fail(f"--std must be three values > 0; got {a.std}")
     if a.output.exists() and not a.output.is_dir():
         _fail(f"--output {a.output} is a file; pass a folder (created if needed)")
+    if "/" in a.prefix or os.sep in a.prefix or a.prefix in (".", ".."):
+        _fail(f"--prefix {a.prefix!r} cannot start a file name (it holds a path separator); "
+              "pass a plain prefix such as v_")  # fmt: skip
+    _check_writable(a.output)
     try:
         device = torch.device(a.device)
     except RuntimeError:
         _fail(f"--device {a.device!r} is not a device; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         _fail(f"--device {a.device} but CUDA is not available here; use --device cpu")
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an ``--output`` that cannot be written now, before the encoder is loaded (and
+    without creating it: a run refused for another reason leaves nothing behind)."""
+    folder = output
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        _fail(f"--output {output}: {folder} is a file, so the folder cannot be created; pass "
+              "another folder")  # fmt: skip
+    if folder == output:
+        try:  # the folder exists: try what the run will do
+            fd, probe = temporary_file(output / "probe")
+            os.close(fd)
+            probe.unlink()
+        except OSError as err:
+            _fail(f"--output {output} cannot be written ({err.strerror or err}); pass a "
+                  "folder you can write to")  # fmt: skip
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        _fail(f"--output {output} cannot be created: {folder} is not writable; pass a folder "
+              "you can write to")  # fmt: skip
 
 
 def _build(a: argparse.Namespace) -> tuple[nn.Module, SnippetOptions]:
@@ -593,17 +670,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts.snippet_length,
         opts.frame_size,
     )
-    summary = extract_features(
-        encoder,
-        videos,
-        a.output,
-        snippets=opts,
-        micro_batch_size=a.micro_batch_size,
-        device=a.device,
-        prefix=a.prefix,
-        overwrite=a.overwrite,
-        progress=not a.no_progress,
-    )
+    try:
+        summary = extract_features(
+            encoder,
+            videos,
+            a.output,
+            snippets=opts,
+            micro_batch_size=a.micro_batch_size,
+            device=a.device,
+            prefix=a.prefix,
+            overwrite=a.overwrite,
+            progress=not a.no_progress,
+        )
+    except DiskFullError as err:
+        print(f"python -m sgs_tad.extract: error: {err.strerror}", file=sys.stderr)
+        return 1
+    except (ValueError, OutputLockedError, OSError) as err:  # found before any decoding
+        _fail(" ".join(str(err).split()))
     print(
         f"{summary['written']} written, {summary['skipped']} skipped (already there), "
         f"{summary['failed']} failed of {summary['total']} videos; features "

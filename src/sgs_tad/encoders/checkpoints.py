@@ -202,9 +202,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{os.fspath(path)!r} holds pickled objects beyond tensors and plain containers, "
-            "which weights_only=True refuses. If you trust the file, re-save only its weights: "
-            "ckpt = torch.load(path, weights_only=False); torch.save(ckpt['state_dict'], new_path)"
-            f". Original error: {err}"
+            "which weights_only=True refuses (loading them would run code from the file). Get "
+            "a weights-only release of this checkpoint (a state_dict of tensors, or a "
+            f".safetensors file) from its source. Original error: {err}"
         ) from err
     return _unwrap(obj, os.fspath(path))
 

@@ -286,16 +286,20 @@ class SequentializedGradientSampler(AutoSizing):
         self.generator.manual_seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler generator's state (for checkpoints)."""
-        return {"generator": self.generator.get_state()}
+        """The sampler generator's state and what the first batches measured (checkpoints:
+        a fresh engine would measure ``"auto"`` sizes anew, and calls of another size round
+        differently, so a resumed run would drift from the uninterrupted one)."""
+        return {"generator": self.generator.get_state(), "sizes": self._sizes_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (an older one, without ``"sizes"``: the generator)."""
         if "generator" not in state:
             raise KeyError(
                 f"SGS state has keys {sorted(state)}; expected 'generator' (from state_dict())."
             )
         self.generator.set_state(state["generator"])
+        if state.get("sizes") is not None:
+            self._load_sizes_state(state["sizes"])
 
     def mask(self, feats: torch.Tensor) -> torch.Tensor:
         """Validity mask ``[B, N_max]`` of features returned by :meth:`encode` (padding False)."""

@@ -42,6 +42,8 @@ class AutoSizing:
     _auto_k1: bool
     _k1_option: int | str | None
     _sizing: dict[str, float | None] | None
+    _rng_free: bool | None
+    _independence_checked: bool
 
     @property
     def device(self) -> torch.device:
@@ -59,6 +61,29 @@ class AutoSizing:
             # then phase 1 runs at K, which is always safe.
             self.encode_batch_size = k
             self._sizing = {"saved": None, "workspace": None}
+
+    def _sizes_state(self) -> dict[str, Any]:
+        """What the first batches measured, for checkpoints (see ``state_dict``)."""
+        return {
+            "micro_batch_size": self.micro_batch_size,
+            "encode_batch_size": self.encode_batch_size,
+            "auto_k": self._auto_k,
+            "sizing": None if self._sizing is None else dict(self._sizing),
+            "auto_choice": self.auto_choice,
+            "phase1_choice": self.phase1_choice,
+            "rng_free": self._rng_free,
+            "independence_checked": self._independence_checked,
+        }
+
+    def _load_sizes_state(self, sizes: dict[str, Any]) -> None:
+        self.micro_batch_size = int(sizes["micro_batch_size"])
+        self.encode_batch_size = int(sizes["encode_batch_size"])
+        self._auto_k = bool(sizes["auto_k"])
+        self._sizing = None if sizes["sizing"] is None else dict(sizes["sizing"])
+        self.auto_choice = sizes["auto_choice"]
+        self.phase1_choice = sizes["phase1_choice"]
+        self._rng_free = sizes["rng_free"]
+        self._independence_checked = bool(sizes["independence_checked"])
 
     def _maybe_choose_phase1_size(self) -> None:
         """``encode_batch_size="auto"`` without a budget, once both costs are measured.

@@ -21,16 +21,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from sgs_tad.training.outputs import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "CheckpointError",
@@ -42,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "model_fingerprint",
     "parameter_shapes",
+    "plain_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,37 +66,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk too. Some file
-    # systems (and Windows) refuse to open a directory; then there is nothing more to do.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with :func:`torch.save` atomically, with a SHA-256 sidecar.
 
@@ -103,28 +76,32 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        DiskFullError: the disk is full; an older file at ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Save into a temporary file first so the digest is that of the bytes on disk, then
-    # publish the sidecar before the checkpoint: a checkpoint visible under its final name
-    # always has its digest beside it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def publish(tmp: Path) -> None:
+        # The digest is that of the bytes on disk; the sidecar is published before the
+        # checkpoint, so a checkpoint visible under its final name always has its digest.
         digest = _sha256(tmp)
         sidecar = path.with_name(path.name + ".sha256")
-        _write_atomic(sidecar, lambda f: f.write(f"{digest}  {path.name}\n".encode()))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+        atomic_write(sidecar, lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+
+    return atomic_write(path, lambda f: torch.save(obj, f), publish=publish)
+
+
+def _recorded_digest(sidecar: Path, path: Path) -> str:
+    try:
+        text = sidecar.read_bytes().decode("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"the digest file {sidecar.name} of checkpoint {str(path)!r} is unreadable or"
+            f" damaged ({type(exc).__name__}); the checkpoint cannot be verified. Delete both"
+            " to resume from the previous checkpoint."
+        ) from exc
+    return text.split()[0] if text.strip() else ""
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -145,7 +122,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.is_file():
-        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        expected = _recorded_digest(sidecar, path)
         actual = _sha256(path)
         if actual != expected:
             raise CheckpointError(
@@ -199,6 +176,23 @@ class CheckpointManager:
             if (m := _NAME.match(p.name)) is not None
         ]
         return [p for _, p in sorted(found)]
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what a writer killed mid-save left: temporary files and sidecars whose
+        checkpoint is gone. Call it only when no other process writes checkpoints here (the
+        trainer does, at the start of ``fit``, while holding the folder's lock).
+
+        Returns:
+            The files removed (each is logged).
+        """
+        removed = remove_stale_temporaries(self.directory, prefix="checkpoint-")
+        if self.directory.is_dir():
+            for sidecar in self.directory.glob("checkpoint-*.pt.sha256"):
+                if not sidecar.with_name(sidecar.name[: -len(".sha256")]).exists():
+                    sidecar.unlink(missing_ok=True)
+                    removed.append(sidecar)
+                    logger.warning("removed %s, whose checkpoint was never written", sidecar)
+        return removed
 
     def save(self, state: Mapping[str, Any], *, step: int) -> Path:
         """Write ``state`` atomically as the checkpoint of ``step`` and prune old ones."""
@@ -326,6 +320,46 @@ def check_resumable(
     return same_world
 
 
+def _plain(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value) if isinstance(os.fspath(value), str) else str(value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()  # numpy scalar -> int/float/bool, array -> nested lists
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"settings{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r});"
+        " a checkpoint stores settings as JSON-like values that torch.load(weights_only=True)"
+        " reads back: None, bool, int, float, str, lists and dicts of them (paths and numpy"
+        " values are converted). Pass str(value) or a number instead."
+    )
+
+
+def plain_settings(settings: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``settings`` as JSON-like values a checkpoint can always read back.
+
+    Paths become strings, numpy scalars and arrays (and tensors) numbers and lists, tuples
+    lists; anything else is refused now rather than when a resume reads it back.
+
+    Raises:
+        TypeError: a value of another type; the message names its key.
+    """
+    if settings is None:
+        return None
+    if not isinstance(settings, Mapping):
+        raise TypeError(
+            f"settings must be a mapping of names to values (a dict); got"
+            f" {type(settings).__name__}. Example: settings={{'lr': 1e-3, 'seed': 0}}."
+        )
+    return {str(k): _plain(v, f"[{k!r}]") for k, v in settings.items()}
+
+
 def check_settings(
     saved: Mapping[str, Any] | None,
     current: Mapping[str, Any] | None,
@@ -344,6 +378,8 @@ def check_settings(
     """
     if not saved or current is None:
         return []
+    with contextlib.suppress(TypeError):  # older checkpoints stored tuples, this run lists
+        saved, current = plain_settings(saved) or {}, plain_settings(current) or {}
     names = sorted(set(saved) | set(current))
     missing = object()
     diffs = [

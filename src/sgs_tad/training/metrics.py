@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from sgs_tad.training.outputs import atomic_write
+
 __all__ = ["MetricsWriter", "PeakMemory", "PhaseTimer", "ProgressBar", "format_bytes"]
 
 logger = logging.getLogger(__name__)
@@ -153,29 +155,29 @@ class MetricsWriter:
             self._file = None
         if not self.path.is_file():
             return 0
-        kept: list[str] = []
-        dropped = 0
-        with open(self.path, encoding="utf-8") as f:
+        kept: list[bytes] = []
+        dropped = undecodable = 0
+        with open(self.path, "rb") as f:
             for line in f:
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.decode("utf-8"))
                     keep = int(record["step"]) <= step
+                except UnicodeDecodeError:
+                    keep = False  # damaged bytes: not a record this writer wrote
+                    undecodable += 1
                 except (ValueError, KeyError, TypeError):
                     keep = False  # a torn line, or not a record of this writer
                 if keep:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+                    kept.append(line if line.endswith(b"\n") else line + b"\n")
                 else:
                     dropped += 1
+        if undecodable:
+            logger.warning(
+                "%s: %d line(s) are not UTF-8 (a damaged file); they are dropped",
+                self.path, undecodable,
+            )  # fmt: skip
         if dropped:
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(kept)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            atomic_write(self.path, lambda f: f.writelines(kept))
             logger.info(
                 "%s: dropped %d record(s) after step %d (the run resumes there)",
                 self.path,

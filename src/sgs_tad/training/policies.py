@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,12 +19,15 @@ import torch
 from torch import nn
 
 from sgs_tad.engine.base import Engine
+from sgs_tad.training.callbacks import Callback
 
 __all__ = [
     "SkipCounter",
     "check_choice",
     "check_finite_parameters",
     "check_int",
+    "check_optimizer",
+    "check_scheduler",
     "check_trainer_arguments",
     "clip_or_measure",
 ]
@@ -117,6 +122,13 @@ def check_trainer_arguments(
     checkpoint_dir: Any,
     max_consecutive_skips: Any,
     max_grad_norm: Any,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    loss_key: Any = "loss",
+    required_keys: Any = (),
+    seed: Any = 0,
+    log_dir: Any = None,
+    callbacks: Any = (),
 ) -> None:
     """Refuse :class:`~sgs_tad.SGSTrainer` arguments that cannot work, before anything is built."""
     if isinstance(engine, nn.Module):
@@ -138,6 +150,43 @@ def check_trainer_arguments(
             " and detector_step (detector_step(feats, batch, info) -> loss or loss dict);"
             " got " + ("both." if loss_fn is not None else "neither.")
         )
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "optimizer must be a factory optimizer(encoder, detector) -> Optimizer (so the"
+            f" trainer sees the modules it trains); got {type(optimizer).__name__}."
+            " Example: optimizer=sgs_tad.training.optimization.adamw(encoder_lr=1e-5), or"
+            " lambda enc, det: torch.optim.SGD([*enc.parameters(), *det.parameters()],"
+            " lr=0.01)."
+        )
+    for name, value, example in (
+        ("loss_fn", loss_fn, "loss_fn=lambda out, batch, info: out.mean()"),
+        ("detector_step", detector_step, "detector_step=lambda feats, batch, info: loss"),
+        ("optimizer", optimizer, "optimizer=sgs_tad.training.optimization.adamw()"),
+        ("scheduler", scheduler, "scheduler=sgs_tad.training.optimization.step_decay()"),
+    ):
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"{name} must be a callable (or None); got {type(value).__name__} {value!r}."
+                f" Example: {example}."
+            )
+    if not isinstance(loss_key, str):
+        raise TypeError(f"loss_key must be a str (a key of the loss dict); got {loss_key!r}.")
+    if isinstance(required_keys, str) or not all(isinstance(k, str) for k in required_keys):
+        raise TypeError(
+            f"required_keys must be a sequence of str; got {required_keys!r}. Example:"
+            " required_keys=('segments', 'labels')."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int; got {type(seed).__name__} {seed!r}.")
+    for name, folder in (("checkpoint_dir", checkpoint_dir), ("log_dir", log_dir)):
+        if folder is not None and not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path (str or Path) or None; got {folder!r}.")
+    bad = [cb for cb in callbacks if not isinstance(cb, Callback)]
+    if bad:
+        raise TypeError(
+            f"callbacks must be sgs_tad.training.callbacks.Callback instances; got {bad[0]!r}."
+            " Subclass Callback and override the hooks you need (on_step_end, ...)."
+        )
     check_choice("amp", amp, ("none", "fp16", "bf16"))
     check_choice("nonfinite", nonfinite, ("skip", "raise"))
     check_choice("on_bad_video", on_bad_video, ("skip", "raise"))
@@ -147,5 +196,56 @@ def check_trainer_arguments(
     check_int("max_consecutive_skips", max_consecutive_skips, minimum=1, allow_none=True)
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("checkpoint_every needs checkpoint_dir=...; pass both.")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be None or > 0; got {max_grad_norm!r}.")
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool)
+        or not isinstance(max_grad_norm, (int, float))
+        or not max_grad_norm > 0
+    ):
+        raise ValueError(f"max_grad_norm must be None or a number > 0; got {max_grad_norm!r}.")
+
+
+def check_scheduler(scheduler: Any) -> None:
+    """Refuse what a scheduler factory returned unless it has ``step()`` and ``state_dict()``."""
+    if scheduler is not None and not all(
+        callable(getattr(scheduler, m, None)) for m in ("step", "state_dict", "load_state_dict")
+    ):
+        raise TypeError(
+            "the scheduler factory must return a learning-rate scheduler (with step(),"
+            f" state_dict() and load_state_dict()) or None; it returned"
+            f" {type(scheduler).__name__} {scheduler!r}. Example:"
+            " scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5)."
+        )
+
+
+def check_optimizer(optimizer: Any, encoder: nn.Module, *, trains_encoder: bool) -> None:
+    """Check what the optimizer factory returned.
+
+    Raises:
+        TypeError: the optimizer factory did not return a ``torch.optim.Optimizer``.
+
+    Warns:
+        UserWarning: the engine computes gradients for encoder parameters that the
+            optimizer never updates (SGS's phase 3 then costs time for nothing).
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "the optimizer factory must return a torch.optim.Optimizer; it returned"
+            f" {type(optimizer).__name__} {optimizer!r}. Example: optimizer=lambda enc, det:"
+            " torch.optim.AdamW([*enc.parameters(), *det.parameters()], lr=1e-3)."
+        )
+    if not trains_encoder:
+        return
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trained = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    left_out = [n for n, p in encoder.named_parameters()
+                if p.requires_grad and id(p) not in in_optimizer]  # fmt: skip
+    if left_out:
+        warnings.warn(
+            f"{len(left_out)} of the encoder's {len(trained)} trainable parameters"
+            f" ({', '.join(left_out[:3])}{', …' if len(left_out) > 3 else ''}) are not in the"
+            " optimizer, yet the engine computes their gradients (ratio > 0): that work is"
+            " wasted. Put them in the optimizer factory (encoder.parameters()), freeze them"
+            " (requires_grad=False), or use ratio=0 for a frozen encoder.",
+            UserWarning,
+            stacklevel=3,
+        )

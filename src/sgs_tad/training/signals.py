@@ -33,6 +33,9 @@ class StopOnSignal:
         self.request_stop = request_stop
         self.already_requested = already_requested
         self._previous: dict[int, Any] = {}
+        #: The first signal received (``signal.SIGTERM``, ...), ``None`` while none came: a
+        #: job's exit status says it was stopped (128 + the signal number, as the shell's).
+        self.received: signal.Signals | None = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.already_requested() and signum == signal.SIGINT:
@@ -42,6 +45,8 @@ class StopOnSignal:
             " (Ctrl-C again to abort now)",
             signal.Signals(signum).name,
         )
+        if self.received is None:
+            self.received = signal.Signals(signum)
         self.request_stop()
 
     def __enter__(self) -> StopOnSignal:

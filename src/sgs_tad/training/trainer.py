@@ -34,7 +34,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -49,11 +49,18 @@ from sgs_tad.engine.sources import SnippetReadError
 from sgs_tad.training import distributed as dist_utils
 from sgs_tad.training.batches import SNIPPETS_KEY, check_batch, count_snippets, make_loader
 from sgs_tad.training.callbacks import Callback
-from sgs_tad.training.checkpoint import CheckpointManager, model_fingerprint
+from sgs_tad.training.checkpoint import CheckpointManager, model_fingerprint, plain_settings
 from sgs_tad.training.inference import EvalStep, evaluate
 from sgs_tad.training.metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
 from sgs_tad.training.optimization import OptimizerFactory, adamw, step_decay, trainable_parameters
-from sgs_tad.training.policies import SkipCounter, check_int, check_trainer_arguments
+from sgs_tad.training.outputs import OutputLock
+from sgs_tad.training.policies import (
+    SkipCounter,
+    check_int,
+    check_optimizer,
+    check_scheduler,
+    check_trainer_arguments,
+)
 from sgs_tad.training.resume import restore_trainer_state, resume_trainer, trainer_state
 from sgs_tad.training.signals import StopOnSignal
 from sgs_tad.training.steps import LossOutput, StepInfo, split_loss
@@ -168,7 +175,10 @@ class SGSTrainer:
                                 accumulation_steps=accumulation_steps, log_every=log_every,
                                 checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
                                 max_consecutive_skips=max_consecutive_skips,
-                                max_grad_norm=max_grad_norm)  # fmt: skip
+                                max_grad_norm=max_grad_norm, optimizer=optimizer,
+                                scheduler=scheduler, loss_key=loss_key,
+                                required_keys=required_keys, seed=seed, log_dir=log_dir,
+                                callbacks=callbacks)  # fmt: skip
         self.rank = dist_utils.get_rank()
         self.world_size = dist_utils.get_world_size()
         self.engine = engine
@@ -189,20 +199,16 @@ class SGSTrainer:
         self.loss_key = loss_key
         self.required_keys = tuple(required_keys)
         self.seed = seed
-        self.settings = dict(settings) if settings is not None else None
+        # Converted now (paths to str, numpy values to numbers): a checkpoint must hold
+        # values that torch.load(weights_only=True) reads back at resume.
+        self.settings = plain_settings(settings)
 
         make_optimizer = adamw() if optimizer is None else optimizer
-        if isinstance(make_optimizer, torch.optim.Optimizer) or not callable(make_optimizer):
-            raise TypeError(
-                "optimizer must be a factory optimizer(encoder, detector) -> Optimizer (so the"
-                f" trainer sees the modules it trains); got {type(optimizer).__name__}."
-                " Example: optimizer=sgs_tad.training.optimization.adamw(encoder_lr=1e-5), or"
-                " lambda enc, det: torch.optim.SGD([*enc.parameters(), *det.parameters()],"
-                " lr=0.01)."
-            )
         self.optimizer = make_optimizer(self.encoder, self.detector)
+        check_optimizer(self.optimizer, self.encoder, trains_encoder=engine.trains_encoder)
         make_scheduler = step_decay() if scheduler is None else scheduler
         self.scheduler: Any = make_scheduler(self.optimizer)
+        check_scheduler(self.scheduler)
         self.scheduler_interval = getattr(make_scheduler, "interval", "epoch")
         self.max_grad_norm = max_grad_norm
         self.accumulation_steps = accumulation_steps
@@ -409,14 +415,51 @@ class SGSTrainer:
             eval_step: the per-batch evaluation callable.
 
         Returns:
-            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "phases",
-            "peak_memory"}``; ``peak_memory`` is the run's peak so far in bytes,
-            :meth:`~sgs_tad.training.metrics.PeakMemory.read` (allocated and reserved on CUDA,
-            RSS on the CPU).
+            ``{"step", "epoch", "skipped_steps", "bad_videos", "stopped", "stop_signal",
+            "phases", "peak_memory"}``: ``stopped`` is true when the run ended before
+            ``epochs`` (a signal, :meth:`request_stop` or ``max_steps``), ``stop_signal`` the
+            name of the signal (``"SIGTERM"``) that stopped it, else ``None``; ``peak_memory``
+            is the run's peak so far in bytes, :meth:`~sgs_tad.training.metrics.PeakMemory.read`
+            (allocated and reserved on CUDA, RSS on the CPU).
         """
         check_int("epochs", epochs, minimum=1)
         if (eval_data is None) != (eval_step is None):
             raise ValueError("pass both eval_data and eval_step, or neither.")
+        with ExitStack() as locks:
+            self._lock_outputs(locks)
+            return self._fit(train_data, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                             num_workers=num_workers, collate_fn=collate_fn,
+                             drop_last=drop_last, resume=resume,
+                             resume_override=resume_override, max_steps=max_steps,
+                             eval_data=eval_data, eval_step=eval_step)  # fmt: skip
+
+    def _lock_outputs(self, locks: ExitStack) -> None:
+        """Rank 0 locks the folders it writes for the run (two runs there would overwrite
+        each other's checkpoints and metrics), then clears what a killed save left."""
+        if self.rank != 0:
+            return
+        if self.checkpoints is not None:
+            locks.enter_context(OutputLock(self.checkpoints.directory, what="checkpoint_dir"))
+            self.checkpoints.remove_leftovers()
+        if self.metrics.directory is not None:
+            locks.enter_context(OutputLock(self.metrics.directory, what="log_dir"))
+
+    def _fit(
+        self,
+        train_data: Any,
+        *,
+        epochs: int,
+        batch_size: int,
+        shuffle: bool,
+        num_workers: int,
+        collate_fn: Callable[[list[Any]], Any] | None,
+        drop_last: bool,
+        resume: bool | str | Path,
+        resume_override: bool,
+        max_steps: int | None,
+        eval_data: Any,
+        eval_step: Callable[[torch.Tensor, Mapping[str, Any], StepInfo], Any] | None,
+    ) -> dict[str, Any]:
         if resume:
             resume_trainer(self, resume, override=resume_override)
             # Records past the resumed step belong to the interrupted run: drop them.
@@ -453,6 +496,7 @@ class SGSTrainer:
             "skipped_steps": self.skipped_steps,
             "bad_videos": list(self.bad_videos),
             "stopped": self.stopped,
+            "stop_signal": None if signals.received is None else signals.received.name,
             "phases": self.timer.summary(),
             "peak_memory": self.timer.memory.read(),
         }
