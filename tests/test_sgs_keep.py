@@ -340,3 +340,55 @@ def test_dropout_switched_on_later_falls_back_to_replayable_calls(caplog):
     loss_of(det, feats).backward()
     sgs.backward(snippets, feats)  # the determinism check would fail without the rerun
     assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_no_prefetch_over_snippets_already_on_a_device():
+    """F18: snippets held on a device (a CUDA TensorSource; "meta" stands for it here) are
+    never gathered in the prefetch thread, even with prefetch=True: nothing is decoded, and
+    the gather would run on that thread's stream with no event ordering it."""
+    from sgs_tad.engine.microbatch import prefetches
+    from sgs_tad.engine.sources import TensorSource
+
+    cpu = TensorSource(torch.zeros(4, 3))
+    device = TensorSource(torch.zeros(4, 3, device="meta"))
+    lazy = SlowSource(torch.zeros(4, 3))
+    assert prefetches(True, [cpu]) and not prefetches("auto", [cpu])
+    assert prefetches("auto", [lazy, cpu]) and not prefetches(False, [lazy])
+    for option in (True, "auto", False):
+        assert not prefetches(option, [device])
+        assert not prefetches(option, [lazy, device])
+
+
+class WideConv(torch.nn.Module):
+    """Its weights (38 KB in bf16) outweigh what one snippet saves for backward (~2 KB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 256, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, 3, 6, 6] -> [M, 256]
+        return torch.relu(self.conv(x)).mean((2, 3))
+
+
+def test_kept_bytes_under_autocast_leave_out_the_cached_weight_copies():
+    """F15: under autocast every conv saves the cached bf16 copy of its weight; a meter per
+    kept micro-batch counted it again each time (and in the per-snippet cost), so a
+    "20KB" keep budget kept nothing. The copies are a fixed cost, like the parameters."""
+    from sgs_tad.engine.memory import SavedBytesMeter
+
+    enc, x = WideConv(), torch.randn(2, 3, 6, 6)
+    meter = SavedBytesMeter(exclude=list(enc.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16), meter:
+        out = enc(x)
+    assert 0 < meter.peak < 10_000  # activations only (the weight copy alone is 38,400 B)
+    del out
+    sgs = SequentializedGradientSampler(WideConv(), micro_batch_size=2, ratio=1.0,
+                                        keep_graphs="20KB", determinism_check=False)  # fmt: skip
+    snippets = torch.randn(1, 8, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = sgs.encode(snippets)
+    assert sgs.stats.snippets_kept >= 4, sgs.stats
+    assert sgs.stats.kept_bytes <= 20_000
+    feats.float().sum().backward()
+    sgs.backward(snippets, feats)

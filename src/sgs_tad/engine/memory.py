@@ -152,7 +152,8 @@ class SavedBytesMeter:
 
     A context manager over :func:`torch.autograd.graph.saved_tensors_hooks`. A tensor saved
     several times, or several views of one storage, count once (the storage's size); storages
-    of ``exclude`` (e.g. the parameters, which exist anyway) do not count.
+    of ``exclude`` (e.g. the parameters, which exist anyway) do not count, nor do autocast's
+    cached fp16/bf16 copies of them (one per parameter for the whole autocast region).
 
     Note that non-reentrant :func:`torch.utils.checkpoint.checkpoint` saves through its own
     hooks, so inside a checkpointed region the meter sees only the inputs it keeps.
@@ -190,7 +191,7 @@ class SavedBytesMeter:
             nbytes = t.numel() * t.element_size()
         else:
             key, nbytes = found
-            if key in self._excluded or nbytes == 0:
+            if key in self._excluded or nbytes == 0 or self._is_cast_of_excluded(t):
                 return t
         entry = self._count.get(key)
         if entry is None:
@@ -200,6 +201,22 @@ class SavedBytesMeter:
         else:
             entry[0] += 1
         return _Held(self, t, key)
+
+    def _is_cast_of_excluded(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is (a view of) autocast's low-precision copy of an excluded parameter.
+
+        Autocast caches one fp16/bf16 copy per trainable parameter for the whole autocast
+        region, and every conv/linear saves it: counted per graph, each kept micro-batch (and
+        every per-snippet cost) would carry the weights again, about ``weights / K`` per
+        snippet. The copies are a fixed cost, like the parameters, so they do not count.
+        """
+        base = t._base if t._is_view() and t._base is not None else t
+        fn = base.grad_fn
+        if fn is None or fn.name() != "ToCopyBackward0" or not fn.next_functions:
+            return False
+        leaf = getattr(fn.next_functions[0][0], "variable", None)  # AccumulateGrad's parameter
+        found = _storage_key(leaf) if isinstance(leaf, torch.Tensor) else None
+        return found is not None and found[0] in self._excluded
 
     @staticmethod
     def _unpack(held: Any) -> torch.Tensor:

@@ -53,7 +53,12 @@ from sgs_tad.training.checkpoint import CheckpointManager, model_fingerprint
 from sgs_tad.training.inference import EvalStep, evaluate
 from sgs_tad.training.metrics import MetricsWriter, PhaseTimer, ProgressBar, format_bytes
 from sgs_tad.training.optimization import OptimizerFactory, adamw, step_decay, trainable_parameters
-from sgs_tad.training.policies import SkipCounter, check_int, check_trainer_arguments
+from sgs_tad.training.policies import (
+    SkipCounter,
+    check_amp_device,
+    check_int,
+    check_trainer_arguments,
+)
 from sgs_tad.training.resume import restore_trainer_state, resume_trainer, trainer_state
 from sgs_tad.training.signals import StopOnSignal
 from sgs_tad.training.steps import LossOutput, StepInfo, split_loss
@@ -169,6 +174,7 @@ class SGSTrainer:
                                 checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
                                 max_consecutive_skips=max_consecutive_skips,
                                 max_grad_norm=max_grad_norm)  # fmt: skip
+        check_amp_device(amp, engine.device)
         self.rank = dist_utils.get_rank()
         self.world_size = dist_utils.get_world_size()
         self.engine = engine
