@@ -392,3 +392,72 @@ def test_kept_bytes_under_autocast_leave_out_the_cached_weight_copies():
     assert sgs.stats.kept_bytes <= 20_000
     feats.float().sum().backward()
     sgs.backward(snippets, feats)
+
+
+def test_auto_k_on_cuda_fits_a_fixed_and_a_per_snippet_cost(monkeypatch):
+    """F9: on CUDA a micro-batch's training peak holds a fixed part (cuDNN workspace,
+    allocator rounding). Probed at M = 2 alone, it was divided by 2 and multiplied by K, and K
+    came out too small; two probes (M = 2 and 4) now fit fixed + slope · M. Fabricated
+    measurements: 400 MB fixed, 100 MB per snippet (60 saved), no-grad 200 MB + 20 MB each."""
+    import sgs_tad.engine.sizing as sizing
+    from sgs_tad.engine.memory import SnippetCost
+    from sgs_tad.engine.microbatch import as_sources
+
+    mb = 2**20
+    probed = []
+
+    def fake_cost(encoder, shape, *, micro_batch_size, **kwargs):
+        m = micro_batch_size
+        probed.append(m)
+        return SnippetCost(snippet_shape=tuple(shape), micro_batch_size=m, device="cuda:0",
+                           input_bytes=4, feature_bytes=4, saved_bytes=60.0 * mb,
+                           nograd_peak_bytes=(200 + 20 * m) * mb / m,
+                           train_peak_bytes=(400 + 100 * m) * mb / m, fwd_nograd_s=0.0,
+                           fwd_grad_s=0.0, bwd_s=0.0, param_bytes=0, grad_bytes=0,
+                           optimizer_bytes=0)  # fmt: skip
+
+    monkeypatch.setattr(sizing, "measure_snippet_cost", fake_cost)
+    monkeypatch.setattr(SequentializedGradientSampler, "device",
+                        property(lambda self: torch.device("cuda", 0)))  # fmt: skip
+    enc, _ = models()
+    sgs = SequentializedGradientSampler(enc, micro_batch_size="auto", memory_budget=2000 * mb,
+                                        encode_batch_size="auto")  # fmt: skip
+    sgs._resolve_auto(as_sources(torch.randn(1, 4, 2, 6, 6)))
+    assert probed == [2, 4]
+    assert sgs.micro_batch_size == (2000 - 400) // 100 == 16  # one probe said 2000 // 300 = 6
+    assert sgs.encode_batch_size == (2000 - 200) // 20
+    assert sgs.auto_choice["fixed_bytes"] == pytest.approx(400 * mb)
+
+
+def test_fit_fixed_and_per_snippet_falls_back_to_the_worst_per_snippet_cost():
+    from sgs_tad.engine.sizing import fit_fixed_and_per_snippet
+
+    assert fit_fixed_and_per_snippet([(2, 600.0), (4, 1000.0)]) == (200.0, 200.0)
+    # Noise: a negative intercept or slope is not physical; no fixed part, the larger per M.
+    assert fit_fixed_and_per_snippet([(2, 600.0), (4, 1400.0)]) == (0.0, 350.0)
+    assert fit_fixed_and_per_snippet([(2, 600.0), (4, 500.0)]) == (0.0, 300.0)
+    with pytest.raises(ValueError, match="at least one"):
+        fit_fixed_and_per_snippet([])
+
+
+def test_phase1_meter_on_cuda_counts_what_the_allocator_saw(monkeypatch):
+    """F9: the phase-1 size's workspace counts op outputs only (no cuDNN workspace); on CUDA
+    the meter also takes the allocator's peak growth and the reserve it added. Fabricated
+    allocator counters: entry 1000 allocated, peak 1500, reserved 2000; exit peak 1800 and
+    reserved 2600 -> at least 800 (peak growth) and 600 (reserve growth)."""
+    from sgs_tad.engine.memory import DeviceBytesMeter
+
+    counters = {"allocated": 1000, "peak": 1500, "reserved": 2000}
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: counters["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: counters["peak"])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: counters["reserved"])
+    with DeviceBytesMeter(device="cuda:0") as meter:
+        torch.ones(4) + 1  # 32 bytes of op outputs (ones, then the sum)
+        counters.update(peak=1800, reserved=2600)
+    assert meter.peak == 800
+    with DeviceBytesMeter(device="cuda:0") as hidden:  # an older, higher peak hides the call's
+        torch.ones(4) + 1
+    assert hidden.peak == 32
+    with DeviceBytesMeter(device="cpu") as cpu:
+        torch.ones(4) + 1
+    assert cpu.peak == 32

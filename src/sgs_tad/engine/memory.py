@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten
 from sgs_tad.engine.microbatch import check_features
 
 __all__ = [
+    "DeviceBytesMeter",
     "LiveBytesMeter",
     "SavedBytesMeter",
     "SnippetCost",
@@ -291,6 +292,46 @@ class LiveBytesMeter(TorchDispatchMode):
         if entry[0] == 0:
             del self._count[key]
             self.live -= entry[1]
+
+
+class DeviceBytesMeter(LiveBytesMeter):
+    """:class:`LiveBytesMeter`, and on CUDA also what the caching allocator saw (F9).
+
+    Op outputs alone miss cuDNN's workspace and the allocator's rounding, so on a CUDA
+    ``device`` :attr:`peak` is also at least the growth of ``max_memory_allocated`` over the
+    allocation at entry (when the block raised the device's peak; an earlier, higher peak hides
+    the block's own) and the growth of ``memory_reserved`` (blocks the allocator had to add).
+    It never resets the device's peak statistics (a user's peak reading stays intact).
+
+    Args:
+        exclude: As for :class:`LiveBytesMeter`.
+        device: Where the measured ops run; only a CUDA device reads the allocator.
+    """
+
+    def __init__(
+        self, exclude: Iterable[torch.Tensor] = (), *, device: torch.device | str = "cpu"
+    ) -> None:
+        super().__init__(exclude)
+        self.device = torch.device(device)
+        self._entry: tuple[int, int, int] | None = None
+
+    def __enter__(self) -> DeviceBytesMeter:
+        if self.device.type == "cuda":
+            dev = self.device
+            self._entry = (torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev),
+                           torch.cuda.memory_reserved(dev))  # fmt: skip
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self._entry is not None:
+            allocated, peak, reserved = self._entry
+            new_peak = torch.cuda.max_memory_allocated(self.device)
+            grown = new_peak - allocated if new_peak > peak else 0
+            added = torch.cuda.memory_reserved(self.device) - reserved
+            self.peak = max(self.peak, grown, added)
+            self._entry = None
 
 
 # ---------------------------------------------------------------------------- measurement
