@@ -19,6 +19,11 @@ VideoMAE encoders, ``--vit`` adds OpenTAD's full fine-tuning (``opentad``: all c
 graph, per-block activation checkpointing, ``checkpoint_blocks=True``) and SGS with that
 in-snippet checkpointing (``sgs+cp``).
 
+``--amp fp16|bf16`` runs every method's step under autocast (fp16 with a GradScaler). On CUDA
+each row warms up with one iteration at its own shapes, then reads ``max_memory_allocated``
+(growth over the allocation before training) and ``max_memory_reserved`` (absolute); a
+configuration that runs out of memory is reported as an "OOM" row.
+
 ``--predict-above BYTES`` bounds the run: a one-snippet probe of the planner
 (:func:`sgs_tad.plan.measure_snippet_cost`, per encoder variant) predicts every configuration,
 and those predicted to need more than BYTES (or whose method is in ``--predict-methods``) are
@@ -31,6 +36,8 @@ To reproduce::
     python benchmarks/memory_time.py --encoder tsm_r50 --n 16,32,64 --k 1,2,4,8 \\
         --ratios 0.1,0.3,1.0 --keep                      # the paper's Table 3, random init
     python benchmarks/memory_time.py --encoder r2plus1d_34 --device cuda ...   # on a GPU
+    python benchmarks/memory_time.py --encoder tsm_r50 --shape 3,8,224,224 --n 16,64 --k 4 \
+        --ratios 0.3,1.0 --amp fp16 --device cuda          # the GPU check's fp16 table
     python benchmarks/memory_time.py --encoder videomae_s --shape 3,16,160,160 --n 24,48 \
         --k 1 --ratios 0.3 --vit --repeats 0 --iterations 1 --predict-above 20e9 \
         --predict-methods naive,ckpt,opentad    # OpenTAD's THUMOS chunks, bounded CPU time
@@ -187,8 +194,51 @@ def predicted(cfg: dict, cost: Any) -> dict:
             "predicted_peak_mb": p.peak_bytes / 2**20}  # fmt: skip
 
 
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def train_step(
+    engine: Any,
+    detector: nn.Module,
+    snippets: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    amp: str = "none",
+    scaler: torch.amp.GradScaler | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """One training step of any method, leaving the (unscaled) gradients in ``.grad``.
+
+    Autocast around the forwards for ``amp`` "fp16"/"bf16" (SGS's phase 3 re-enters phase 1's
+    autocast state itself, checkpointing's recompute too); with a ``scaler`` (fp16) the scaled
+    loss is back-propagated and ``optimizer`` is stepped through the scaler (unscale, inf
+    check, step, update).
+    """
+    device_type = snippets.device.type
+    with torch.autocast(device_type, dtype=AMP_DTYPES.get(amp), enabled=amp != "none"):
+        feats = engine.encode(snippets)
+        logits = detector(feats)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    engine.backward(snippets, feats)
+    if scaler is not None and optimizer is not None:
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def run_one(cfg: dict) -> dict:
-    """Train one iteration per repeat with one method; runs inside the fresh subprocess."""
+    """One method's row; runs inside the fresh subprocess.
+
+    A CUDA out-of-memory error anywhere in it gives a row marked ``"oom"`` (its memory and
+    time are then unknown), not a missing row.
+    """
+    try:
+        return _run_one(cfg)
+    except torch.OutOfMemoryError as err:
+        return {**cfg, "oom": True, "error": str(err).splitlines()[0][:300]}
+
+
+def _run_one(cfg: dict) -> dict:
     from sgs_tad.plan import SavedBytesMeter
 
     torch.manual_seed(0)
@@ -203,18 +253,27 @@ def run_one(cfg: dict) -> dict:
     target = torch.rand(1, 2, n, device=device)
     params = [*encoder.parameters(), *detector.parameters()]
     engine = make_engine(cfg, encoder)
+    amp = cfg.get("amp", "none")
+    # fp16: a GradScaler steps an optimizer (SGD without momentum and lr 0: no state, so no
+    # memory of its own, and the weights stay as they are between iterations).
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    optimizer = torch.optim.SGD(params, lr=0.0) if scaler is not None else None
 
     def iteration() -> None:
-        feats = engine.encode(snippets)
-        logits = detector(feats)
-        nn.functional.binary_cross_entropy_with_logits(logits, target).backward()
-        engine.backward(snippets, feats)
+        train_step(engine, detector, snippets, target, amp=amp, scaler=scaler,
+                   optimizer=optimizer)  # fmt: skip
         for p in params:
             p.grad = None
 
     # Pay one-off costs (kernel selection, thread pools, allocator arenas) before the baseline,
-    # so the measured growth is the activations' and not the runtime's.
-    encoder(snippets[0, :1]).sum().backward()
+    # so the measured growth is the activations' and not the runtime's. On CUDA a whole
+    # iteration at this row's own shapes (cuDNN picks its algorithms per shape, the allocator
+    # grows its pools for them), then the peaks are reset. On the CPU one snippet only: the
+    # peak RSS cannot be reset, so a whole iteration would hide the growth to be measured.
+    if device.type == "cuda":
+        iteration()
+    else:
+        encoder(snippets[0, :1]).sum().backward()
     for p in params:
         p.grad = None
     if device.type == "cuda":
@@ -250,7 +309,9 @@ def run_one(cfg: dict) -> dict:
         "flops": flops,
     }
     if device.type == "cuda":
+        # Read after the memory window and the timed repeats (same shapes, same peaks).
         out["cuda_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        out["cuda_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         # Reserved: the caching allocator's blocks (fragmentation shows here), absolute.
         out["cuda_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     return out
@@ -334,25 +395,38 @@ def planner(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    naive = {r["n"]: r for r in rows if r["method"] == "naive"}
-    mem_key = "cuda_peak_mb" if "cuda_peak_mb" in rows[0] else "peak_rss_mb"
-    mem_name = "CUDA peak MB" if mem_key == "cuda_peak_mb" else "peak RSS MB"
+    """The markdown table; an out-of-memory row reads "OOM" where its numbers would be."""
+    naive = {r["n"]: r for r in rows if r["method"] == "naive" and not r.get("oom")}
+    cuda = any("cuda_peak_mb" in r for r in rows) or any(
+        r.get("oom") and str(r.get("device", "")).startswith("cuda") for r in rows
+    )
+    mem_key = "cuda_peak_mb" if cuda else "peak_rss_mb"
+    mem_name = "CUDA allocated peak MB (growth)" if cuda else "peak RSS MB"
+    reserved = " CUDA reserved peak MB | × naive |" if cuda else ""
     lines = [
-        f"| N | method | K | γ | encoder FLOPs × naive | {mem_name} | × naive "
-        "| saved-for-backward MB | × naive | time s | × naive | planner: saved MB, peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| N | method | K | γ | encoder FLOPs × naive | {mem_name} | × naive |{reserved} "
+        "saved-for-backward MB | × naive | time s | × naive | planner: saved MB, peak MB |",
+        "|---|---|---|---|---|---|---|" + ("---|---|" if cuda else "") + "---|---|---|---|---|",
     ]
     for r in rows:
         base = naive.get(r["n"])
         k = "-" if r["method"] == "naive" else r["k"]
         g = f"{r['ratio']:.1f}" if r["method"] == "sgs" else "-"
+        if r.get("oom"):
+            cells = 4 if cuda else 2
+            lines.append(f"| {r['n']} | {method_name(r)} | {k} | {g} | - |"
+                         + " OOM | - |" * (cells // 2) + " OOM | - | OOM | - | - |")  # fmt: skip
+            continue
 
         def rel(key: str, digits: int, r: dict = r, base: dict | None = base) -> str:
-            return f"{r[key] / max(base[key], 1e-9):.{digits}f}" if base else "-"
+            if not base or key not in r or key not in base:
+                return "-"
+            return f"{r[key] / max(base[key], 1e-9):.{digits}f}"
 
+        res = f" {r.get('cuda_reserved_mb', float('nan')):.0f} | {rel('cuda_reserved_mb', 3)} |"
         lines.append(
             f"| {r['n']} | {method_name(r)} | {k} | {g} | {r.get('flops', float('nan')):.2f} | "
-            f"{r[mem_key]:.0f} | {rel(mem_key, 3)} | {r['saved_mb']:.1f} | "
+            f"{r[mem_key]:.0f} | {rel(mem_key, 3)} |{res if cuda else ''} {r['saved_mb']:.1f} | "
             f"{rel('saved_mb', 3)} | {r['time_s']:.2f} | {rel('time_s', 2)} | {planner(r)} |"
         )
     return "\n".join(lines)
@@ -407,6 +481,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--amp",
+        default="none",
+        choices=["none", "fp16", "bf16"],
+        help="mixed precision of every method's step: autocast, and a GradScaler for fp16",
+    )
+    parser.add_argument(
         "--iterations", type=int, default=2, help="iterations in the memory window (default 2)"
     )
     parser.add_argument(
@@ -448,7 +528,7 @@ def main() -> None:
     for cfg in grid:
         k1 = args.encode_batch_size
         cfg.update(device=args.device, repeats=args.repeats, threads=args.threads,
-                   encoder=args.encoder, shape=shape, iterations=args.iterations,
+                   encoder=args.encoder, shape=shape, iterations=args.iterations, amp=args.amp,
                    encode_batch_size=int(k1) if k1.isdigit() else k1)  # fmt: skip
         if args.predict_above is not None or always:
             from sgs_tad.engine.memory import SnippetCost
@@ -473,11 +553,19 @@ def main() -> None:
             cfg["prediction"] = guess
         res = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
                              capture_output=True, text=True)  # fmt: skip
-        if res.returncode != 0:
+        if res.returncode != 0 and "out of memory" in res.stderr.lower():
+            # Out of memory outside the measured step (building the model, the input): the
+            # row still says so.
+            res.stdout = json.dumps({**cfg, "oom": True, "error": res.stderr[-300:]})
+        elif res.returncode != 0:
             print(f"{cfg} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
             continue
         row = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append(row)
+        if row.get("oom"):
+            print(f"N={row['n']:4d} {method_name(row):18s} K={row['k']:3d} "
+                  f"γ={row['ratio']:.1f} OOM: {row['error']}", flush=True)  # fmt: skip
+            continue
         print(
             f"N={row['n']:4d} {method_name(row):18s} K={row['k']:3d} γ={row['ratio']:.1f} "
             f"peak={row.get('cuda_peak_mb', row['peak_rss_mb']):8.1f} MB "
@@ -485,6 +573,7 @@ def main() -> None:
             flush=True,
         )
     tag = f"{args.encoder}-{args.device.split(':')[0]}" + (f"-{args.tag}" if args.tag else "")
+    tag += f"-{args.amp}" if args.amp != "none" else ""
     json_path = args.json or ROOT / "benchmarks" / "results" / f"memory_time-{tag}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
@@ -497,9 +586,13 @@ def main() -> None:
         f"Measured by `{command.strip()}` on {args.device}, {args.threads} thread(s), one "
         f"video per iteration, snippet {'×'.join(map(str, shape))}, encoder: "
         f"{ENCODER_NOTE[args.encoder]}, detector: 2-layer temporal conv, SGS phase-1 calls "
-        f"`encode_batch_size={args.encode_batch_size!r}`. Memory on CPU is the "
+        f"`encode_batch_size={args.encode_batch_size!r}`, precision: "
+        f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}"
+        f"{' + GradScaler' if args.amp == 'fp16' else ''}. Memory on CPU is the "
         "growth of the peak RSS of a fresh process over its value before training (on CUDA, "
-        "`max_memory_allocated` over the allocation before training); saved-for-backward is "
+        "`max_memory_allocated` over the allocation before training, after a warm-up "
+        "iteration at the row's shapes, and the absolute `max_memory_reserved`); an "
+        "out-of-memory configuration reads OOM; saved-for-backward is "
         "the peak of live tensors saved by autograd. Encoder FLOPs count a backward as two "
         "forwards. Ratios are to naive at the same N.\n\n"
         f"Environment: {environment()}\n\n{table(rows)}\n{end}"

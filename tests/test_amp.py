@@ -126,3 +126,21 @@ def test_sgs_step_with_a_scaler_shows_a_feature_overflow_to_the_scaler():
     scaler.update()
     assert scaler.get_scale() == 32768.0
     assert torch.equal(encoder[1].weight, before)
+
+
+def test_bf16_on_a_gpu_without_bf16_is_refused_at_construction(monkeypatch):
+    """F17: amp="bf16" on a CUDA device whose torch.cuda.is_bf16_supported() is False fails
+    when the trainer is built, naming the fix, not deep inside the first step."""
+    engine = EndToEnd(make_encoder())
+    monkeypatch.setattr(EndToEnd, "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"amp='bf16' needs a GPU with bf16 support.*fp16"):
+        SGSTrainer(engine, AmplifyingDetector(1.0), loss_fn=loss_fn, amp="bf16")
+    # The check reads the device: bf16 on the CPU and fp16 on that GPU pass it.
+    from sgs_tad.training.policies import check_amp_device
+
+    check_amp_device("bf16", torch.device("cpu"))
+    check_amp_device("fp16", torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    check_amp_device("bf16", torch.device("cuda", 0))

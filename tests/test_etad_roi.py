@@ -143,3 +143,25 @@ def test_perfect_offsets_reconstruct_ground_truth():
     torch.testing.assert_close(
         decode_offsets(boxes, torch.zeros_like(offsets)), boxes, atol=1e-7, rtol=0
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_roi_under_autocast_keeps_positions_in_fp32(dtype):
+    """F16: under autocast the detector's features are half precision; the bin weights must
+    still come from fp32 positions (only the finished weights are rounded). Cast to the
+    features' dtype, positions were quantised to T * 2^-11 (fp16) or T * 2^-8 (bf16)
+    snippets, and bf16 even rounded the clamp to T - 0.5 up to T (an index error)."""
+    torch.manual_seed(0)
+    t = 200
+    features = torch.randn(2, 16, t)
+    segments = torch.rand(50, 2).sort(dim=1).values
+    owner = torch.randint(0, 2, (50,))
+    exact = roi_interpolate(features.double(), segments.double(), owner, 8).float()
+    # The floor: the features themselves rounded to `dtype`, everything else exact.
+    rounded = roi_interpolate(features.to(dtype).float(), segments, owner, 8)
+    floor = (rounded - exact).abs().max().item()
+    with torch.autocast("cpu", dtype=dtype):
+        out = roi_interpolate(features.to(dtype), segments, owner, 8)
+    assert out.dtype == dtype
+    error = (out.float() - exact).abs().max().item()
+    assert error <= 5 * floor, (error, floor)

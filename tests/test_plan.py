@@ -321,3 +321,29 @@ def test_saved_bytes_meter_counts_storages_once() -> None:
     with SavedBytesMeter(exclude=[w]) as meter:
         (w * w).sum()
     assert meter.peak == 0
+
+
+def test_cli_verify_reports_an_out_of_memory_row(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F20: a configuration that runs out of device memory is a row marked OOM, and the
+    table goes on (it crashed the whole command before)."""
+    import sgs_tad.plan.cli as cli
+
+    real = cli.measure_run
+
+    def measure_run(*args: Any, method: str, **kwargs: Any) -> Any:
+        if method == "naive":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(*args, method=method, **kwargs)
+
+    monkeypatch.setattr(cli, "measure_run", measure_run)
+    argv = [
+        "--encoder", "small3d", "--snippet-shape", "3,4,16,16", "--n", "8", "--k", "4",
+        "--ratio", "1.0", "--device", "cpu", "--micro-batch-size", "2", "--repeats", "1",
+        "--verify",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8 |")]
+    assert len(rows) == 3 and rows[0].endswith(" OOM | OOM |")
+    assert "OOM" not in rows[1] and "OOM" not in rows[2]

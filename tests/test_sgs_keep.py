@@ -340,3 +340,124 @@ def test_dropout_switched_on_later_falls_back_to_replayable_calls(caplog):
     loss_of(det, feats).backward()
     sgs.backward(snippets, feats)  # the determinism check would fail without the rerun
     assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_no_prefetch_over_snippets_already_on_a_device():
+    """F18: snippets held on a device (a CUDA TensorSource; "meta" stands for it here) are
+    never gathered in the prefetch thread, even with prefetch=True: nothing is decoded, and
+    the gather would run on that thread's stream with no event ordering it."""
+    from sgs_tad.engine.microbatch import prefetches
+    from sgs_tad.engine.sources import TensorSource
+
+    cpu = TensorSource(torch.zeros(4, 3))
+    device = TensorSource(torch.zeros(4, 3, device="meta"))
+    lazy = SlowSource(torch.zeros(4, 3))
+    assert prefetches(True, [cpu]) and not prefetches("auto", [cpu])
+    assert prefetches("auto", [lazy, cpu]) and not prefetches(False, [lazy])
+    for option in (True, "auto", False):
+        assert not prefetches(option, [device])
+        assert not prefetches(option, [lazy, device])
+
+
+class WideConv(torch.nn.Module):
+    """Its weights (38 KB in bf16) outweigh what one snippet saves for backward (~2 KB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 256, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, 3, 6, 6] -> [M, 256]
+        return torch.relu(self.conv(x)).mean((2, 3))
+
+
+def test_kept_bytes_under_autocast_leave_out_the_cached_weight_copies():
+    """F15: under autocast every conv saves the cached bf16 copy of its weight; a meter per
+    kept micro-batch counted it again each time (and in the per-snippet cost), so a
+    "20KB" keep budget kept nothing. The copies are a fixed cost, like the parameters."""
+    from sgs_tad.engine.memory import SavedBytesMeter
+
+    enc, x = WideConv(), torch.randn(2, 3, 6, 6)
+    meter = SavedBytesMeter(exclude=list(enc.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16), meter:
+        out = enc(x)
+    assert 0 < meter.peak < 10_000  # activations only (the weight copy alone is 38,400 B)
+    del out
+    sgs = SequentializedGradientSampler(WideConv(), micro_batch_size=2, ratio=1.0,
+                                        keep_graphs="20KB", determinism_check=False)  # fmt: skip
+    snippets = torch.randn(1, 8, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = sgs.encode(snippets)
+    assert sgs.stats.snippets_kept >= 4, sgs.stats
+    assert sgs.stats.kept_bytes <= 20_000
+    feats.float().sum().backward()
+    sgs.backward(snippets, feats)
+
+
+def test_auto_k_on_cuda_fits_a_fixed_and_a_per_snippet_cost(monkeypatch):
+    """F9: on CUDA a micro-batch's training peak holds a fixed part (cuDNN workspace,
+    allocator rounding). Probed at M = 2 alone, it was divided by 2 and multiplied by K, and K
+    came out too small; two probes (M = 2 and 4) now fit fixed + slope · M. Fabricated
+    measurements: 400 MB fixed, 100 MB per snippet (60 saved), no-grad 200 MB + 20 MB each."""
+    import sgs_tad.engine.sizing as sizing
+    from sgs_tad.engine.memory import SnippetCost
+    from sgs_tad.engine.microbatch import as_sources
+
+    mb = 2**20
+    probed = []
+
+    def fake_cost(encoder, shape, *, micro_batch_size, **kwargs):
+        m = micro_batch_size
+        probed.append(m)
+        return SnippetCost(snippet_shape=tuple(shape), micro_batch_size=m, device="cuda:0",
+                           input_bytes=4, feature_bytes=4, saved_bytes=60.0 * mb,
+                           nograd_peak_bytes=(200 + 20 * m) * mb / m,
+                           train_peak_bytes=(400 + 100 * m) * mb / m, fwd_nograd_s=0.0,
+                           fwd_grad_s=0.0, bwd_s=0.0, param_bytes=0, grad_bytes=0,
+                           optimizer_bytes=0)  # fmt: skip
+
+    monkeypatch.setattr(sizing, "measure_snippet_cost", fake_cost)
+    monkeypatch.setattr(SequentializedGradientSampler, "device",
+                        property(lambda self: torch.device("cuda", 0)))  # fmt: skip
+    enc, _ = models()
+    sgs = SequentializedGradientSampler(enc, micro_batch_size="auto", memory_budget=2000 * mb,
+                                        encode_batch_size="auto")  # fmt: skip
+    sgs._resolve_auto(as_sources(torch.randn(1, 4, 2, 6, 6)))
+    assert probed == [2, 4]
+    assert sgs.micro_batch_size == (2000 - 400) // 100 == 16  # one probe said 2000 // 300 = 6
+    assert sgs.encode_batch_size == (2000 - 200) // 20
+    assert sgs.auto_choice["fixed_bytes"] == pytest.approx(400 * mb)
+
+
+def test_fit_fixed_and_per_snippet_falls_back_to_the_worst_per_snippet_cost():
+    from sgs_tad.engine.sizing import fit_fixed_and_per_snippet
+
+    assert fit_fixed_and_per_snippet([(2, 600.0), (4, 1000.0)]) == (200.0, 200.0)
+    # Noise: a negative intercept or slope is not physical; no fixed part, the larger per M.
+    assert fit_fixed_and_per_snippet([(2, 600.0), (4, 1400.0)]) == (0.0, 350.0)
+    assert fit_fixed_and_per_snippet([(2, 600.0), (4, 500.0)]) == (0.0, 300.0)
+    with pytest.raises(ValueError, match="at least one"):
+        fit_fixed_and_per_snippet([])
+
+
+def test_phase1_meter_on_cuda_counts_what_the_allocator_saw(monkeypatch):
+    """F9: the phase-1 size's workspace counts op outputs only (no cuDNN workspace); on CUDA
+    the meter also takes the allocator's peak growth and the reserve it added. Fabricated
+    allocator counters: entry 1000 allocated, peak 1500, reserved 2000; exit peak 1800 and
+    reserved 2600 -> at least 800 (peak growth) and 600 (reserve growth)."""
+    from sgs_tad.engine.memory import DeviceBytesMeter
+
+    counters = {"allocated": 1000, "peak": 1500, "reserved": 2000}
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: counters["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: counters["peak"])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: counters["reserved"])
+    with DeviceBytesMeter(device="cuda:0") as meter:
+        torch.ones(4) + 1  # 32 bytes of op outputs (ones, then the sum)
+        counters.update(peak=1800, reserved=2600)
+    assert meter.peak == 800
+    with DeviceBytesMeter(device="cuda:0") as hidden:  # an older, higher peak hides the call's
+        torch.ones(4) + 1
+    assert hidden.peak == 32
+    with DeviceBytesMeter(device="cpu") as cpu:
+        torch.ones(4) + 1
+    assert cpu.peak == 32

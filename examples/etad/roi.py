@@ -162,7 +162,13 @@ def roi_interpolate(
                 "outputs are not finite (its weights or inputs overflowed). Lower the learning "
                 "rate or set max_grad_norm."
             )
-        weights, scale = _weights(segments.to(features.dtype), num_bins, t)
+        # The bin weights in at least fp32, whatever the features' dtype: under fp16/bf16
+        # autocast the features are half precision, and positions cast to it would be quantised
+        # to about T * 2^-11 (fp16) or T * 2^-8 (bf16) snippets, and clamping to T - 0.5 could
+        # round up to T (an out-of-range knot). Only the finished weights are rounded.
+        exact = torch.promote_types(features.dtype, torch.float32)
+        weights, scale = _weights(segments.to(exact), num_bins, t)
+        weights, scale = weights.to(features.dtype), scale.to(features.dtype)
         # A stable sort groups each video's segments (the identity if already grouped),
         # without reading back whether they were.
         order = owner.argsort(stable=True)

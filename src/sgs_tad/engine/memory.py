@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten
 from sgs_tad.engine.microbatch import check_features
 
 __all__ = [
+    "DeviceBytesMeter",
     "LiveBytesMeter",
     "SavedBytesMeter",
     "SnippetCost",
@@ -152,7 +153,8 @@ class SavedBytesMeter:
 
     A context manager over :func:`torch.autograd.graph.saved_tensors_hooks`. A tensor saved
     several times, or several views of one storage, count once (the storage's size); storages
-    of ``exclude`` (e.g. the parameters, which exist anyway) do not count.
+    of ``exclude`` (e.g. the parameters, which exist anyway) do not count, nor do autocast's
+    cached fp16/bf16 copies of them (one per parameter for the whole autocast region).
 
     Note that non-reentrant :func:`torch.utils.checkpoint.checkpoint` saves through its own
     hooks, so inside a checkpointed region the meter sees only the inputs it keeps.
@@ -190,7 +192,7 @@ class SavedBytesMeter:
             nbytes = t.numel() * t.element_size()
         else:
             key, nbytes = found
-            if key in self._excluded or nbytes == 0:
+            if key in self._excluded or nbytes == 0 or self._is_cast_of_excluded(t):
                 return t
         entry = self._count.get(key)
         if entry is None:
@@ -200,6 +202,22 @@ class SavedBytesMeter:
         else:
             entry[0] += 1
         return _Held(self, t, key)
+
+    def _is_cast_of_excluded(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is (a view of) autocast's low-precision copy of an excluded parameter.
+
+        Autocast caches one fp16/bf16 copy per trainable parameter for the whole autocast
+        region, and every conv/linear saves it: counted per graph, each kept micro-batch (and
+        every per-snippet cost) would carry the weights again, about ``weights / K`` per
+        snippet. The copies are a fixed cost, like the parameters, so they do not count.
+        """
+        base = t._base if t._is_view() and t._base is not None else t
+        fn = base.grad_fn
+        if fn is None or fn.name() != "ToCopyBackward0" or not fn.next_functions:
+            return False
+        leaf = getattr(fn.next_functions[0][0], "variable", None)  # AccumulateGrad's parameter
+        found = _storage_key(leaf) if isinstance(leaf, torch.Tensor) else None
+        return found is not None and found[0] in self._excluded
 
     @staticmethod
     def _unpack(held: Any) -> torch.Tensor:
@@ -274,6 +292,46 @@ class LiveBytesMeter(TorchDispatchMode):
         if entry[0] == 0:
             del self._count[key]
             self.live -= entry[1]
+
+
+class DeviceBytesMeter(LiveBytesMeter):
+    """:class:`LiveBytesMeter`, and on CUDA also what the caching allocator saw (F9).
+
+    Op outputs alone miss cuDNN's workspace and the allocator's rounding, so on a CUDA
+    ``device`` :attr:`peak` is also at least the growth of ``max_memory_allocated`` over the
+    allocation at entry (when the block raised the device's peak; an earlier, higher peak hides
+    the block's own) and the growth of ``memory_reserved`` (blocks the allocator had to add).
+    It never resets the device's peak statistics (a user's peak reading stays intact).
+
+    Args:
+        exclude: As for :class:`LiveBytesMeter`.
+        device: Where the measured ops run; only a CUDA device reads the allocator.
+    """
+
+    def __init__(
+        self, exclude: Iterable[torch.Tensor] = (), *, device: torch.device | str = "cpu"
+    ) -> None:
+        super().__init__(exclude)
+        self.device = torch.device(device)
+        self._entry: tuple[int, int, int] | None = None
+
+    def __enter__(self) -> DeviceBytesMeter:
+        if self.device.type == "cuda":
+            dev = self.device
+            self._entry = (torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev),
+                           torch.cuda.memory_reserved(dev))  # fmt: skip
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self._entry is not None:
+            allocated, peak, reserved = self._entry
+            new_peak = torch.cuda.max_memory_allocated(self.device)
+            grown = new_peak - allocated if new_peak > peak else 0
+            added = torch.cuda.memory_reserved(self.device) - reserved
+            self.peak = max(self.peak, grown, added)
+            self._entry = None
 
 
 # ---------------------------------------------------------------------------- measurement

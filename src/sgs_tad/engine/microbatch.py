@@ -46,6 +46,7 @@ __all__ = [
     "pack",
     "plan_encode",
     "plan_recompute",
+    "prefetches",
 ]
 
 
@@ -332,6 +333,24 @@ def as_sources(snippets: object) -> list[SnippetSource]:
     return sources
 
 
+def prefetches(prefetch: bool | str, sources: Sequence[SnippetSource]) -> bool:
+    """Whether :func:`gathered` gathers in a background thread.
+
+    ``"auto"``: when some source is lazy (decoding is worth overlapping). Never when a source
+    holds its snippets on a device (a CUDA :class:`TensorSource`), even with ``True``: there is
+    nothing to decode, and the gather, a device op, would run on the worker thread's current
+    stream with no event to order it, racing the caller's stream (``torch.cuda.stream(s)``).
+    """
+    on_device = any(
+        isinstance(s, TensorSource) and s.snippets.device.type != "cpu" for s in sources
+    )
+    if on_device:
+        return False
+    if prefetch == "auto":
+        return any(not isinstance(s, TensorSource) for s in sources)
+    return bool(prefetch)
+
+
 def gathered(
     batches: Sequence[MicroBatch],
     sources: Sequence[SnippetSource],
@@ -344,9 +363,7 @@ def gathered(
     next micro-batch decodes while the encoder runs the current one. A decoding error is
     raised here, in micro-batch order.
     """
-    if prefetch == "auto":
-        prefetch = any(not isinstance(s, TensorSource) for s in sources)
-    if not prefetch or len(batches) < 2:
+    if not prefetches(prefetch, sources) or len(batches) < 2:
         for batch in batches:
             yield batch, batch.gather(sources)
         return

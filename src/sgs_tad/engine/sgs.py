@@ -51,7 +51,7 @@ from sgs_tad.engine.checks import (
 from sgs_tad.engine.heap import release_cpu_heap
 from sgs_tad.engine.independence import check_snippet_independence
 from sgs_tad.engine.keep import keep_fits, parse_keep_budget
-from sgs_tad.engine.memory import LiveBytesMeter, SavedBytesMeter
+from sgs_tad.engine.memory import DeviceBytesMeter, SavedBytesMeter
 from sgs_tad.engine.microbatch import (
     EncodePlan,
     MicroBatch,
@@ -404,7 +404,8 @@ class SequentializedGradientSampler(AutoSizing):
                         rng_states.append(state)
                     sizing = self._sizing
                     if sizing is not None and sizing["workspace"] is None:
-                        with torch.no_grad(), LiveBytesMeter([*self._state_tensors(), x]) as m:
+                        held = [*self._state_tensors(), x]
+                        with torch.no_grad(), DeviceBytesMeter(held, device=self.device) as m:
                             out = self._run(batch, x)
                         sizing["workspace"] = m.peak / len(batch)
                     else:

@@ -2,7 +2,9 @@
 
 ``micro_batch_size="auto"`` probes one micro-batch
 (:func:`~sgs_tad.engine.memory.measure_snippet_cost`)
-and takes the largest K whose activations fit ``memory_budget``; ``encode_batch_size="auto"``
+and takes the largest K whose activations fit ``memory_budget`` (on CUDA two probes, M = 2 and
+4, fit a fixed and a per-snippet cost: see :func:`fit_fixed_and_per_snippet`);
+``encode_batch_size="auto"``
 measures, on the first batch at no extra cost, what one snippet saves for backward and what a
 no-grad forward needs, and sizes the phase-1 calls from it.
 """
@@ -19,12 +21,48 @@ from torch import nn
 from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
 from sgs_tad.engine.sources import SnippetSource
 
-__all__ = ["AUTO_ENCODE_FACTOR", "AUTO_ENCODE_LIMIT", "AutoSizing"]
+__all__ = [
+    "AUTO_ENCODE_FACTOR",
+    "AUTO_ENCODE_LIMIT",
+    "PROBE_SIZES",
+    "AutoSizing",
+    "fit_fixed_and_per_snippet",
+]
 
 logger = logging.getLogger("sgs_tad.engine.sgs")
 
 AUTO_ENCODE_FACTOR = 8  # encode_batch_size="auto" without a budget: phase-1 calls of 8 K
 AUTO_ENCODE_LIMIT = 1024  # the most snippets "auto" puts in one call
+# micro_batch_size="auto" probes: on CUDA two sizes, to tell the fixed cost from the per-snippet.
+PROBE_SIZES = {"cuda": (2, 4), "other": (2,)}
+
+
+def fit_fixed_and_per_snippet(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """``(fixed, per_snippet)`` bytes of a line through measured ``(snippets, total bytes)``.
+
+    On CUDA a micro-batch's peak holds costs that do not grow with it: cuDNN workspace, the
+    caching allocator's rounding. Divided by the probe's size and multiplied by K, as one
+    probe must, they make K too small. Two probe sizes separate them. A fit that is not
+    physical (a slope <= 0 or a negative intercept, from noise) falls back to no fixed cost
+    and the largest per-snippet total, which can only make K smaller, never too large.
+
+    Example:
+        >>> fit_fixed_and_per_snippet([(2, 600.0), (4, 1000.0)])
+        (200.0, 200.0)
+        >>> fit_fixed_and_per_snippet([(2, 300.0)])
+        (0.0, 150.0)
+    """
+    if not points:
+        raise ValueError("fit_fixed_and_per_snippet needs at least one measurement.")
+    worst = max(total / m for m, total in points)
+    (m1, y1), (m2, y2) = min(points), max(points)
+    if m2 == m1:
+        return 0.0, worst
+    slope = (y2 - y1) / (m2 - m1)
+    fixed = y1 - slope * m1
+    if slope <= 0 or fixed < 0:
+        return 0.0, worst
+    return fixed, slope
 
 
 class AutoSizing:
@@ -49,12 +87,15 @@ class AutoSizing:
     def device(self) -> torch.device:
         raise NotImplementedError
 
-    def _set_encode_batch_size(self, nograd_bytes_per_snippet: float | None) -> None:
+    def _set_encode_batch_size(
+        self, nograd_bytes_per_snippet: float | None, nograd_fixed_bytes: float = 0.0
+    ) -> None:
         k = self.micro_batch_size
         if not self._auto_k1:
             self.encode_batch_size = int(self._k1_option or k)
         elif nograd_bytes_per_snippet and self.memory_budget is not None:
-            fits = int(self.memory_budget // max(nograd_bytes_per_snippet, 1.0))
+            room = self.memory_budget - nograd_fixed_bytes
+            fits = int(room // max(nograd_bytes_per_snippet, 1.0))
             self.encode_batch_size = max(k, min(fits, AUTO_ENCODE_LIMIT))
         else:
             # Measured on the first batch at no extra cost (see _measure_phase1_size): until
@@ -119,22 +160,31 @@ class AutoSizing:
         """Choose K (and the phase-1 size) from the memory budget with a one-off probe."""
         assert self.memory_budget is not None
         first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
-        cost = measure_snippet_cost(self.encoder, tuple(first.shape[1:]), micro_batch_size=2,
-                                    device=self.device, pool=self.pool, dtype=first.dtype,
-                                    repeats=1)  # fmt: skip
-        per_snippet = cost.saved_bytes + cost.workspace_bytes
-        k = int(self.memory_budget // max(per_snippet, 1.0))
+        sizes = PROBE_SIZES["cuda" if self.device.type == "cuda" else "other"]
+        costs = [measure_snippet_cost(self.encoder, tuple(first.shape[1:]), micro_batch_size=m,
+                                      device=self.device, pool=self.pool, dtype=first.dtype,
+                                      repeats=1) for m in sizes]  # fmt: skip
+        cost = costs[0]
+        fixed, per_snippet = fit_fixed_and_per_snippet(
+            [(c.micro_batch_size, c.micro_batch_size * (c.saved_bytes + c.workspace_bytes))
+             for c in costs]
+        )  # fmt: skip
+        nograd_fixed, nograd = fit_fixed_and_per_snippet(
+            [(c.micro_batch_size, c.micro_batch_size * c.nograd_peak_bytes) for c in costs]
+        )
+        k = int((self.memory_budget - fixed) // max(per_snippet, 1.0))
         if k < 1:
             raise ValueError(
                 f"memory_budget={format_bytes(self.memory_budget)} cannot hold one snippet: "
                 f"the probe measured {format_bytes(per_snippet)} per snippet "
                 f"({format_bytes(cost.saved_bytes)} saved for backward + "
-                f"{format_bytes(cost.workspace_bytes)} workspace) for snippets "
+                f"{format_bytes(cost.workspace_bytes)} workspace) and "
+                f"{format_bytes(fixed)} fixed per micro-batch for snippets "
                 f"{tuple(first.shape[1:])}. Raise the budget, use smaller snippets, or freeze "
                 "more encoder stages."
             )
         self.micro_batch_size = min(k, AUTO_ENCODE_LIMIT)
-        self._set_encode_batch_size(cost.nograd_peak_bytes)
+        self._set_encode_batch_size(nograd, nograd_fixed)
         self._auto_k = False
         self.auto_choice = {
             "micro_batch_size": self.micro_batch_size,
@@ -142,7 +192,11 @@ class AutoSizing:
             "memory_budget": self.memory_budget,
             "saved_bytes_per_snippet": cost.saved_bytes,
             "workspace_bytes_per_snippet": cost.workspace_bytes,
-            "nograd_bytes_per_snippet": cost.nograd_peak_bytes,
+            "nograd_bytes_per_snippet": nograd,
+            "bytes_per_snippet": per_snippet,
+            "fixed_bytes": fixed,
+            "nograd_fixed_bytes": nograd_fixed,
+            "probe_sizes": list(sizes),
         }
         logger.info(
             "micro_batch_size='auto': K = %d, phase-1 calls of %d (budget %s; measured %s saved"

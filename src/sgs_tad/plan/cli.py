@@ -155,16 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{_mib(p.peak_bytes)} | {p.time_s:.3f} |"
             )
             if args.verify:
-                run = measure_run(
-                    encoder,
-                    args.snippet_shape,
-                    n=n,
-                    method=method,
-                    k=k,
-                    ratio=ratio,
-                    repeats=args.repeats,
-                )
-                row += f" {_mib(run.saved_bytes)} | {run.time_s:.3f} |"
+                try:
+                    run = measure_run(
+                        encoder,
+                        args.snippet_shape,
+                        n=n,
+                        method=method,
+                        k=k,
+                        ratio=ratio,
+                        repeats=args.repeats,
+                    )
+                    row += f" {_mib(run.saved_bytes)} | {run.time_s:.3f} |"
+                except torch.OutOfMemoryError:
+                    # The configuration does not fit the device: that is a result of the
+                    # verification, not a reason to lose the rows measured so far. Leaving
+                    # this block drops the failed step's tensors (the traceback held them).
+                    row += " OOM | OOM |"
             if args.budget is not None:
                 fits = p.peak_bytes <= args.budget and (
                     args.time_budget is None or p.time_s <= args.time_budget

@@ -23,6 +23,7 @@ from sgs_tad.training.callbacks import Callback
 
 __all__ = [
     "SkipCounter",
+    "check_amp_device",
     "check_choice",
     "check_finite_parameters",
     "check_int",
@@ -105,6 +106,21 @@ class SkipCounter:
                 " training: lower the learning rate, check the loss and the input data, or"
                 " raise max_consecutive_skips."
             )
+
+
+def check_amp_device(amp: str, device: torch.device) -> None:
+    """Refuse ``amp="bf16"`` on a CUDA device without bf16 support (before Ampere).
+
+    Autocast would not refuse it: bf16 kernels are emulated or missing there, so training
+    would run slowly or fail deep inside the first step.
+    """
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)
+        raise ValueError(
+            f"amp='bf16' needs a GPU with bf16 support, and {name} has none "
+            "(torch.cuda.is_bf16_supported() is False; bf16 needs compute capability 8.0, "
+            "Ampere, or newer). Use amp='fp16' (autocast + GradScaler) or amp='none'."
+        )
 
 
 def check_trainer_arguments(

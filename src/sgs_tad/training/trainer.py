@@ -56,6 +56,7 @@ from sgs_tad.training.optimization import OptimizerFactory, adamw, step_decay, t
 from sgs_tad.training.outputs import OutputLock
 from sgs_tad.training.policies import (
     SkipCounter,
+    check_amp_device,
     check_int,
     check_optimizer,
     check_scheduler,
@@ -179,6 +180,7 @@ class SGSTrainer:
                                 scheduler=scheduler, loss_key=loss_key,
                                 required_keys=required_keys, seed=seed, log_dir=log_dir,
                                 callbacks=callbacks)  # fmt: skip
+        check_amp_device(amp, engine.device)
         self.rank = dist_utils.get_rank()
         self.world_size = dist_utils.get_world_size()
         self.engine = engine
