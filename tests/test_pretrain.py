@@ -130,7 +130,10 @@ def test_main_job_vit_defaults(tmp_path: Path) -> None:
     tiny = options.parse_args(["--encoder", "videomae_tiny"])
     assert options.pretrains(tiny) and tiny.frozen_stages == -1
     assert (tiny.snippet_length, tiny.size) == (4, 32)
-    assert tiny.encoder_lr == options.VIT_PRETRAINED_LR == 1e-5 and tiny.encoder_delay == 0.0
+    # the synthetic pretraining is weak: a higher rate than AdaTAD's, no hold
+    assert tiny.encoder_lr == options.VIT_AUTO_LR == 2e-4 and tiny.encoder_delay == 0.0
+    given = options.parse_args(["--encoder", "videomae_b", "--weights", str(tmp_path / "k.pth")])
+    assert given.encoder_lr == options.VIT_PRETRAINED_LR == 1e-5 and given.frozen_stages == -1
     scratch = options.parse_args(["--encoder", "videomae_s", "--pretrained", "none"])
     assert (scratch.snippet_length, scratch.size, scratch.frozen_stages) == (8, 48, -1)
     assert scratch.encoder_lr == 2e-4 and scratch.encoder_delay == 1.0
