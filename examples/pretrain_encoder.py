@@ -1,16 +1,21 @@
-"""Pretrain the small 3D CNN as a clip classifier, as Kinetics pretraining is for the paper.
+"""Pretrain a small encoder as a clip classifier, as Kinetics pretraining is for the paper.
 
 The paper fine-tunes encoders pretrained on Kinetics-400 (TSM) at a small learning rate. This
 script gives the main job (``examples/etad_anet.py``) the same starting point: it generates (or
 reuses) the synthetic trimmed-clip set of :func:`sgs_tad.data.synthetic.generate_synthetic_clips`
 (other look, other backgrounds and related but different motions than the detection set, no
-untrimmed timing), trains ``small3d`` plus a linear head to classify its clips from one random
+untrimmed timing), trains the encoder (``small3d``, or the ViTs ``videomae_tiny`` and
+``videomae_s``: :data:`PRETRAINABLE`) plus a linear head to classify its clips from one random
 snippet each (``--snippet-length`` frames, a random crop resized to ``--size`` px: the main
 job's input), and writes the encoder checkpoint that ``build_encoder(..., weights=PATH)`` and
 ``etad_anet.py --weights PATH`` load::
 
     python examples/pretrain_encoder.py                       # data/pretrain/small3d.pt
     python examples/etad_anet.py --weights data/pretrain/small3d.pt
+    python examples/pretrain_encoder.py --encoder videomae_tiny   # a few minutes on one core
+
+``videomae_s`` (22 M parameters) pretrains too, but slowly on a CPU: at the main job's ViT
+snippets (8 frames at 48 px) one epoch takes minutes, see ``docs/encoders.md``.
 
 The checkpoint holds ``{"state_dict": encoder weights, "head": classifier weights, "meta":
 settings, fingerprint, accuracy}``; :func:`sgs_tad.encoders.read_state_dict` takes its
@@ -44,6 +49,17 @@ from sgs_tad.encoders import build_encoder
 
 log = logging.getLogger("pretrain_encoder")
 
+#: Encoders this script pretrains (and ``etad_anet.py --pretrained auto`` with them): the small
+#: 3D CNN and the ViTs small enough for a CPU (``videomae_s`` takes minutes per epoch).
+PRETRAINABLE = ("small3d", "videomae_tiny", "videomae_s")
+#: The settings of an encoder's recipe that differ from :class:`PretrainConfig`'s defaults (those
+#: of small3d). A ViT from scratch stays at chance for about ten epochs at small3d's 2e-3 and
+#: reaches 41 % held-out accuracy in 20; at 1e-3 over 60 epochs videomae_tiny reaches 69 %.
+RECIPES: dict[str, dict[str, Any]] = {
+    "videomae_tiny": {"epochs": 60, "lr": 1e-3},
+    "videomae_s": {"epochs": 60, "lr": 1e-3},
+}
+
 #: Bumped whenever the training recipe changes, so cached checkpoints are retrained.
 RECIPE_VERSION = 1
 #: Normalisation of the main job: pixels in [0, 1], then (x - 0.5) / 0.25.
@@ -58,10 +74,11 @@ class PretrainConfig:
         data_root: Folder of the clip set (written there if missing).
         num_clips: Clips in the set (10 % of them held out for the accuracy).
         data_seed: Seed of the clip set.
-        encoder: Encoder name (``small3d``).
+        encoder: Encoder name, one of :data:`PRETRAINABLE`.
         snippet_length: Frames per training snippet (the main job's ``--snippet-length``).
         size: Crop size in pixels after resizing (the main job's ``--size``).
-        epochs: Passes over the training clips (one random snippet of each per pass).
+        epochs: Passes over the training clips (one random snippet of each per pass; the
+            defaults here are small3d's, :func:`recipe` gives each encoder's).
         batch_size: Clips per step.
         lr: Peak AdamW learning rate (one epoch of warm-up, then cosine to 0).
         weight_decay: AdamW weight decay.
@@ -85,6 +102,11 @@ class PretrainConfig:
         settings = {k: v for k, v in asdict(self).items() if k != "data_root"}
         blob = json.dumps({"recipe": RECIPE_VERSION, **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recipe(encoder: str, **settings: Any) -> PretrainConfig:
+    """The recipe of ``encoder``: :data:`RECIPES` over the defaults, then ``settings``."""
+    return PretrainConfig(encoder=encoder, **{**RECIPES.get(encoder, {}), **settings})
 
 
 def default_checkpoint(config: PretrainConfig) -> Path:
@@ -176,6 +198,11 @@ def pretrain_encoder(
         log.info("reusing pretrained encoder %s (held-out accuracy %.3f)", path,
                  meta.get("val_accuracy", math.nan))  # fmt: skip
         return path
+    if config.encoder not in PRETRAINABLE:
+        raise ValueError(
+            f"PretrainConfig.encoder {config.encoder!r} cannot be pretrained here; use one of "
+            f"{list(PRETRAINABLE)} (larger encoders: load a public checkpoint with --weights)."
+        )
     for name in ("epochs", "batch_size", "num_clips", "snippet_length", "size"):
         if getattr(config, name) < 1:
             raise ValueError(f"PretrainConfig.{name} must be >= 1; got {getattr(config, name)}.")
@@ -213,6 +240,7 @@ def pretrain_encoder(
     encoder.train()
     step = 0
     for epoch in range(config.epochs):
+        t_epoch = time.perf_counter()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         losses = []
         for start in range(0, len(order), config.batch_size):
@@ -226,8 +254,8 @@ def pretrain_encoder(
             sched.step()
             step += 1
             losses.append(float(loss.detach()))
-        log.info("pretraining epoch %d/%d: loss %.3f", epoch + 1, config.epochs,
-                 sum(losses) / len(losses))  # fmt: skip
+        log.info("pretraining epoch %d/%d: loss %.3f (%.0f s)", epoch + 1, config.epochs,
+                 sum(losses) / len(losses), time.perf_counter() - t_epoch)  # fmt: skip
     val_idx = np.flatnonzero(is_val)
     val_acc = accuracy(encoder, head, frames[val_idx], labels[val_idx], config)
     train_acc = accuracy(encoder, head, frames[train_idx], labels[train_idx], config)
@@ -260,23 +288,34 @@ def parse_args(argv: list[str]) -> tuple[PretrainConfig, Path | None, bool]:
                    help="checkpoint (default: DATA_ROOT/ENCODER.pt)")  # fmt: skip
     p.add_argument("--num-clips", type=int, default=d.num_clips)
     p.add_argument("--data-seed", type=int, default=d.data_seed)
-    p.add_argument("--encoder", default=d.encoder, choices=("small3d",))
+    p.add_argument("--encoder", default=d.encoder, choices=PRETRAINABLE)
     p.add_argument("--snippet-length", type=int, default=d.snippet_length)
     p.add_argument("--size", type=int, default=d.size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"default {d.epochs}; the ViTs: {RECIPES['videomae_tiny']['epochs']}",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"default {d.lr:g}; the ViTs: {RECIPES['videomae_tiny']['lr']:g}",
+    )
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     a = p.parse_args(argv)
     for flag in ("num_clips", "snippet_length", "size", "epochs", "batch_size"):
-        if getattr(a, flag) < 1:
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(a, flag)}")
-    cfg = PretrainConfig(
-        data_root=str(a.data_root), num_clips=a.num_clips, data_seed=a.data_seed,
-        encoder=a.encoder, snippet_length=a.snippet_length, size=a.size, epochs=a.epochs,
-        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
+    given = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr)) if v is not None}
+    cfg = recipe(
+        a.encoder, data_root=str(a.data_root), num_clips=a.num_clips, data_seed=a.data_seed,
+        snippet_length=a.snippet_length, size=a.size, batch_size=a.batch_size,
+        weight_decay=a.weight_decay, seed=a.seed, **given,
     )  # fmt: skip
     return cfg, a.output, a.force
 

@@ -106,6 +106,7 @@ def test_evaluate_reproduces_the_training_run_numbers(trained: tuple[Path, Path]
         (["--max-bad-videos", "2.5"], "--max-bad-videos must be a fraction in [0, 1)"),
         (["--pixels", "int8"], "invalid choice: 'int8'"),
         (["--threads", "0"], "--threads must be 'auto' or a number >= 1; got '0'"),
+        (["--checkpoint-blocks"], "--checkpoint-blocks checkpoints the blocks of a ViT"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(
@@ -321,3 +322,24 @@ def test_torchrun_with_two_processes(tmp_path: Path) -> None:
     assert proc.stdout.count("mAP@0.5") == 1  # rank 0 alone evaluates and prints
     # 6 training videos over 2 ranks with batch 2: 2 steps per epoch, not 3 (single process)
     assert [p.name for p in (out / "checkpoints").glob("*.pt")] == ["checkpoint-000000002.pt"]
+
+
+def test_videomae_tiny_trains_evaluates_and_predicts(tmp_path: Path) -> None:
+    """The ViT end to end: full fine-tuning from scratch, per-block checkpointing under SGS."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    run("--encoder", "videomae_tiny", "--checkpoint-blocks", "--epochs", "1", "--data-root", data,
+        "--output-dir", out, *TINY)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["average_mAP"] <= 1.0
+    settings = metrics["settings"]
+    assert settings["encoder"] == "videomae_tiny" and settings["checkpoint_blocks"]
+    # ViT defaults: every block trains (AdaTAD's fullft), the tiny preset's 4 x 32 px snippets
+    assert settings["frozen_stages"] == -1 and settings["encoder_lr"] == 2e-4
+    assert (settings["snippet_length"], settings["size"]) == (4, 32)
+    assert metrics["grad_stats"]["grad_norm/encoder"] > 0  # gradients reached the encoder
+    video = sorted((data / "videos").iterdir())[0]
+    proc = run("predict", video, "--model", out / "model.pt", "--top", "2")
+    assert 1 <= len([line for line in proc.stdout.splitlines() if " s - " in line]) <= 2
+    again = tmp_path / "again.json"
+    run("evaluate", "--model", out / "model.pt", "--output", again)
+    assert json.loads(again.read_text())["average_mAP"] == pytest.approx(metrics["average_mAP"])

@@ -123,6 +123,31 @@ def test_main_job_pretrained_option(tmp_path: Path) -> None:
         options.parse_args(["--pretrained", str(tmp_path / "missing.pt")])
 
 
+def test_main_job_vit_defaults(tmp_path: Path) -> None:
+    """ViTs: full fine-tuning, their snippet size, AdaTAD's rate when pretrained."""
+    from etad import options
+
+    tiny = options.parse_args(["--encoder", "videomae_tiny"])
+    assert options.pretrains(tiny) and tiny.frozen_stages == -1
+    assert (tiny.snippet_length, tiny.size) == (4, 32)
+    # the synthetic pretraining is weak: a higher rate than AdaTAD's, no hold
+    assert tiny.encoder_lr == options.VIT_AUTO_LR == 2e-4 and tiny.encoder_delay == 0.0
+    given = options.parse_args(["--encoder", "videomae_b", "--weights", str(tmp_path / "k.pth")])
+    assert given.encoder_lr == options.VIT_PRETRAINED_LR == 1e-5 and given.frozen_stages == -1
+    scratch = options.parse_args(["--encoder", "videomae_s", "--pretrained", "none"])
+    assert (scratch.snippet_length, scratch.size, scratch.frozen_stages) == (8, 48, -1)
+    assert scratch.encoder_lr == 2e-4 and scratch.encoder_delay == 1.0
+    large = options.parse_args(["--encoder", "videomae_l", "--size", "64"])  # no CPU pretraining
+    assert not options.pretrains(large) and large.weights is None and large.size == 64
+    assert not options.parse_args(["--encoder", "videomae_b"]).checkpoint_blocks
+    assert options.parse_args(["--encoder", "videomae_b", "--checkpoint-blocks"]).checkpoint_blocks
+
+
+def test_pretrain_refuses_an_encoder_it_cannot_pretrain(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be pretrained here"):
+        pretrain_encoder.pretrain_encoder(_config(tmp_path, encoder="videomae_b"))
+
+
 def test_auto_is_the_default_and_only_for_the_synthetic_set(tmp_path: Path) -> None:
     from etad import options
 

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from pretrain_encoder import PretrainConfig, default_checkpoint
+from pretrain_encoder import PRETRAINABLE, PretrainConfig, default_checkpoint, recipe
 from sgs_tad.encoders import ENCODERS
 from sgs_tad.training.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S
 
@@ -50,6 +50,24 @@ THUMOS = {
 ANET_DATA_ROOT = Path("data/synthetic")
 ANET_NUM_VIDEOS = 144
 ANET_NUM_SNIPPETS = 32
+
+#: The ViT encoders (VideoMAE): fully fine-tuned by default (``--frozen-stages -1``, AdaTAD's
+#: ``fullft``), and fed snippets of their own default size.
+VIT_ENCODERS = tuple(sorted(name for name in ENCODERS if name.startswith("videomae")))
+#: ``(--snippet-length, --size)`` when not given. The tiny preset (patch 8, pretraining grid 4
+#: frames x 32 px) and the CNNs take 4 frames at 32 px (videomae_tiny: 2 x 4 x 4 = 32 tokens);
+#: the other ViTs (patch 16, tubelet 2) 8 frames at 48 px, the synthetic videos' frame size
+#: (4 x 3 x 3 = 36 tokens; at 32 px they would see 2 x 2 patches).
+SNIPPET_DEFAULTS = {"videomae_tiny": (4, 32), **{n: (8, 48) for n in VIT_ENCODERS
+                    if n != "videomae_tiny"}}  # fmt: skip
+CNN_SNIPPET = (4, 32)
+#: The encoder rate of a pretrained ViT (``--weights``, ``--pretrained PATH``): AdaTAD's full
+#: fine-tuning (``fullft``) backbone rate for Kinetics-pretrained VideoMAE.
+VIT_PRETRAINED_LR = 1e-5
+#: The encoder rate of a ViT from ``--pretrained auto``: the synthetic clip pretraining is far
+#: weaker than Kinetics (videomae_tiny: 69 % held-out), and the main job's default run scored
+#: 30.6 average mAP at 1e-5 against 51.6 at 2e-4 (one run each, docs/encoders.md).
+VIT_AUTO_LR = 2e-4
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -116,8 +134,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"--layout thumos: snippets per sliding window, the detector's T (default "
         f"{THUMOS['window']}; windows start every half window)",
     )
-    data.add_argument("--snippet-length", type=int, default=4, help="L, frames per snippet")
-    data.add_argument("--size", type=int, default=32, help="frame size after cropping")
+    data.add_argument(
+        "--snippet-length",
+        type=int,
+        default=None,
+        help=f"L, frames per snippet (default {CNN_SNIPPET[0]}; the ViTs but videomae_tiny: "
+        f"{SNIPPET_DEFAULTS['videomae_s'][0]}, a multiple of their tubelet of 2 frames)",
+    )
+    data.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help=f"frame size after cropping (default {CNN_SNIPPET[1]}, the tiny ViT's patch-8 "
+        f"grid of 4 x 4; the ViTs but videomae_tiny: {SNIPPET_DEFAULTS['videomae_s'][1]}, "
+        "3 x 3 patches of 16 px)",
+    )
     model = p.add_argument_group("model")
     model.add_argument("--encoder", default="small3d", choices=sorted(ENCODERS))
     model.add_argument("--weights", type=Path, default=None, help="local encoder checkpoint")
@@ -125,7 +156,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--pretrained",
         default=PRETRAINED_DEFAULT,
         metavar="{auto,none,PATH}",
-        help="encoder initialisation: 'auto' pretrains small3d as a clip classifier on the "
+        help="encoder initialisation: 'auto' pretrains the encoder (small3d, videomae_tiny; "
+        "videomae_s slowly; the others start from scratch) as a clip classifier on the "
         "synthetic clip set (examples/pretrain_encoder.py; cached in data/pretrain/) and loads "
         "it as --weights would, when training on the synthetic set (no --annotations); 'none' "
         "starts from scratch; a PATH is --weights PATH "
@@ -150,7 +182,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=None,
         help="encoder stages frozen (default: 2 for tsm/r2plus1d, as the paper; small3d: "
-        "-1 from scratch, 1 pretrained, the stem and the first of its three stages)",
+        "-1 from scratch, 1 pretrained, the stem and the first of its three stages; the "
+        "ViTs: -1, full fine-tuning as AdaTAD's fullft; a ViT's stage 0 is its patch "
+        "embedding, stage k its k-th block)",
+    )
+    model.add_argument(
+        "--checkpoint-blocks",
+        action="store_true",
+        help="ViT encoders: per-block activation checkpointing inside each snippet (recompute "
+        "a block's activations in the backward). With SGS, the setting for the largest "
+        "models, where one snippet's activations are already large (docs/benchmarks.md)",
     )
     sgs = p.add_argument_group("SGS and APS")
     sgs.add_argument("--ratio", type=float, default=0.3, help="γ, snippet gradient ratio")
@@ -229,8 +270,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--encoder-lr",
         type=float,
         default=None,
-        help="default 2e-4 for the from-scratch small3d, --detector-lr / 100 for a pretrained "
-        "one (10x the paper's ratio, measured in docs/results.md), 1e-6 for tsm/r2plus1d",
+        help="default 2e-4 for the from-scratch small3d and ViTs, --detector-lr / 100 for a "
+        "pretrained small3d (10x the paper's ratio, measured in docs/results.md), "
+        f"{VIT_PRETRAINED_LR:g} for a ViT from --weights/--pretrained PATH (AdaTAD's fullft), "
+        f"{VIT_AUTO_LR:g} for one from --pretrained auto, 1e-6 for tsm/r2plus1d",
     )
     train.add_argument("--detector-lr", type=float, default=2e-3)
     train.add_argument(
@@ -245,7 +288,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="epochs the encoder waits (lr 0) while the detector settles; then it warms up over "
         "one epoch, as every group does at the start (cosine schedule; default 1 for the "
-        "from-scratch small3d, else 0)",
+        "from-scratch small3d and ViTs, else 0)",
     )
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument(
@@ -278,6 +321,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     train.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     check_layout(p, args)
+    if args.checkpoint_blocks and args.encoder not in VIT_ENCODERS:
+        p.error(
+            f"--checkpoint-blocks checkpoints the blocks of a ViT; --encoder {args.encoder} has "
+            f"none: pass one of {list(VIT_ENCODERS)} or drop the option"
+        )
     if args.features is not None and args.annotations is None:
         p.error("--features needs --annotations (the annotation JSON of those videos)")
     if args.naive and args.features is not None:
@@ -361,21 +409,23 @@ def temporal_scale(args: argparse.Namespace) -> int:
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     """The ``examples/pretrain_encoder.py`` recipe of ``--pretrained auto`` for these snippets."""
-    return PretrainConfig(encoder=args.encoder, snippet_length=args.snippet_length,
-                          size=args.size)  # fmt: skip
+    return recipe(args.encoder, snippet_length=args.snippet_length, size=args.size)
 
 
 def pretrains(args: argparse.Namespace) -> bool:
-    """Whether the run pretrains (or reuses) the small3d clip classifier before training."""
+    """Whether the run pretrains (or reuses) the encoder's clip classifier before training."""
     return args.pretrained == "auto" and args.weights_from_pretrained
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """The defaults that depend on other options, decided here and nowhere else.
 
-    ``--pretrained auto`` (small3d on the synthetic set, no ``--weights``) sets ``--weights``
-    to the cached clip-classifier checkpoint, ``--pretrained PATH`` to ``PATH``; on other data
-    ``auto`` leaves the encoder as it is (the clip set is the synthetic set's pretraining).
+    ``--snippet-length`` and ``--size`` follow the encoder (:data:`SNIPPET_DEFAULTS`).
+
+    ``--pretrained auto`` (an encoder of ``PRETRAINABLE`` on the synthetic set, no
+    ``--weights``) sets ``--weights`` to the cached clip-classifier checkpoint,
+    ``--pretrained PATH`` to ``PATH``; on other data, and for the larger ViTs, ``auto`` leaves
+    the encoder as it is (the clip set is the synthetic set's pretraining).
 
     A from-scratch ``small3d`` (no ``--weights``) trains every stage at a high rate after a
     one-epoch hold; a pretrained encoder keeps its first stages frozen (the paper fixes two of
@@ -384,18 +434,30 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     is a thousandth (1e-6 / 1e-3, with about 20x our number of steps); at that ratio every
     end-to-end setting of the pilot in docs/results.md scored below the frozen encoder, at a
     hundredth SGS γ = 0.3 scored above it on every seed.
+
+    A ViT (VideoMAE) is fine-tuned whole (``--frozen-stages -1``), as AdaTAD's ``fullft``: at
+    its backbone rate of 1e-5 from a given checkpoint, at 2e-4 without a hold from the weaker
+    synthetic pretraining of ``--pretrained auto``, and like the from-scratch small3d otherwise.
     """
+    length, size = SNIPPET_DEFAULTS.get(args.encoder, CNN_SNIPPET)
+    if args.snippet_length is None:
+        args.snippet_length = length
+    if args.size is None:
+        args.size = size
     args.weights_from_pretrained = False
     if args.weights is None and args.features is None:
         synthetic = args.annotations is None
-        if args.pretrained == "auto" and args.encoder == "small3d" and synthetic:
+        if args.pretrained == "auto" and args.encoder in PRETRAINABLE and synthetic:
             args.weights = default_checkpoint(pretrain_config(args))
             args.weights_from_pretrained = True
         elif args.pretrained not in ("auto", "none"):
             args.weights = Path(args.pretrained)
-    scratch = args.encoder == "small3d" and args.weights is None
+    vit = args.encoder in VIT_ENCODERS
+    scratch = (args.encoder == "small3d" or vit) and args.weights is None
     if args.frozen_stages is None:
-        if args.encoder == "small3d":
+        if vit:
+            args.frozen_stages = -1
+        elif args.encoder == "small3d":
             args.frozen_stages = -1 if scratch else 1
         else:
             args.frozen_stages = 2
@@ -404,6 +466,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
             args.encoder_lr = 2e-4
         elif args.encoder == "small3d":
             args.encoder_lr = args.detector_lr / 100
+        elif vit:
+            args.encoder_lr = VIT_AUTO_LR if args.weights_from_pretrained else VIT_PRETRAINED_LR
         else:  # the paper's TSM rate
             args.encoder_lr = 1e-6
     if args.encoder_delay is None and args.schedule == "cosine":

@@ -48,7 +48,11 @@ def build_models(
         encoder: nn.Module = nn.Identity()
         channels = in_channels
     else:
-        video = build_encoder(args.encoder, weights=args.weights)
+        # --checkpoint-blocks (ViTs): model.pt files written before it existed have no key
+        blocks: dict[str, Any] = (
+            {"checkpoint_blocks": True} if getattr(args, "checkpoint_blocks", False) else {}
+        )
+        video = build_encoder(args.encoder, weights=args.weights, **blocks)
         frozen = args.frozen_stages
         if args.encoder != "small3d" or frozen >= 0:
             video = freeze_encoder(video, frozen_stages=frozen)
