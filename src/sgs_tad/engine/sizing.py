@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
+from sgs_tad.engine.microbatch import as_sources
 from sgs_tad.engine.sources import SnippetSource
 
 __all__ = ["AUTO_ENCODE_FACTOR", "AUTO_ENCODE_LIMIT", "AutoSizing"]
@@ -89,6 +90,22 @@ class AutoSizing:
             " + %s workspace per snippet)", self.encode_batch_size, k,
             sizing["saved"], sizing["workspace"],
         )  # fmt: skip
+
+    def resolve_sizing(self, snippets: Any) -> None:
+        """Choose ``micro_batch_size="auto"`` now, from the first snippet of ``snippets``.
+
+        The probe otherwise runs at the first :meth:`encode`; calling this first lets a
+        program report K (:attr:`auto_choice`) before training, or fail early on a budget too
+        small for one snippet. Nothing happens when K is already known.
+
+        Args:
+            snippets: As for :meth:`encode` (only the first snippet is read).
+
+        Raises:
+            ValueError: ``memory_budget`` cannot hold one snippet's activations.
+        """
+        if self._auto_k:
+            self._resolve_auto(as_sources(snippets))
 
     def _resolve_auto(self, sources: Sequence[SnippetSource]) -> None:
         """Choose K (and the phase-1 size) from the memory budget with a one-off probe."""
