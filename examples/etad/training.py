@@ -21,6 +21,7 @@ from sgs_tad.data import ActivityNetDataset, WindowedDataset
 from sgs_tad.encoders import build_encoder, freeze_encoder
 from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
 from sgs_tad.engine.microbatch import num_sampled
+from sgs_tad.engine.sizing import probe_dtype
 from sgs_tad.training.callbacks import Callback
 from sgs_tad.training.distributed import init_distributed
 from sgs_tad.training.optimization import SchedulerFactory, step_decay, warmup_cosine
@@ -159,7 +160,7 @@ def encoder_memory(
     else:
         first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
         cost = measure_snippet_cost(engine.encoder, tuple(first.shape[1:]), device=engine.device,
-                                    dtype=first.dtype, repeats=1)  # fmt: skip
+                                    dtype=probe_dtype(first), repeats=1)  # fmt: skip
         saved = cost.saved_bytes
     held = min(k, sum(num_sampled(len(s), ratio) for s in sources))
     return {

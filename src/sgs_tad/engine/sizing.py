@@ -20,12 +20,19 @@ from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
 from sgs_tad.engine.microbatch import as_sources
 from sgs_tad.engine.sources import SnippetSource
 
-__all__ = ["AUTO_ENCODE_FACTOR", "AUTO_ENCODE_LIMIT", "AutoSizing"]
+__all__ = ["AUTO_ENCODE_FACTOR", "AUTO_ENCODE_LIMIT", "AutoSizing", "probe_dtype"]
 
 logger = logging.getLogger("sgs_tad.engine.sgs")
 
 AUTO_ENCODE_FACTOR = 8  # encode_batch_size="auto" without a budget: phase-1 calls of 8 K
 AUTO_ENCODE_LIMIT = 1024  # the most snippets "auto" puts in one call
+
+
+def probe_dtype(snippets: torch.Tensor) -> torch.dtype:
+    """The dtype the probe's random snippets take for ``snippets``: theirs if floating point;
+    float32 for uint8 pixels, which the encoder normalises to float before its first layer, so
+    its activations are those of float input."""
+    return snippets.dtype if snippets.is_floating_point() else torch.float32
 
 
 class AutoSizing:
@@ -112,8 +119,8 @@ class AutoSizing:
         assert self.memory_budget is not None
         first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
         cost = measure_snippet_cost(self.encoder, tuple(first.shape[1:]), micro_batch_size=2,
-                                    device=self.device, pool=self.pool, dtype=first.dtype,
-                                    repeats=1)  # fmt: skip
+                                    device=self.device, pool=self.pool,
+                                    dtype=probe_dtype(first), repeats=1)  # fmt: skip
         per_snippet = cost.saved_bytes + cost.workspace_bytes
         k = int(self.memory_budget // max(per_snippet, 1.0))
         if k < 1:
