@@ -61,11 +61,15 @@ def resolve_threads(value: str) -> int:
 
 
 def run(name: str, args: argparse.Namespace, out: Path, threads: int, load: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "examples" / "etad_anet.py"), "--epochs", str(args.epochs),
+    # "NAME@before": the setting run by the code of --before (its src and examples), in this
+    # checkout's folder, so that both read the same data set
+    setting, before = name.split("@")[0], name.endswith("@before")
+    tree = args.before if before else ROOT
+    cmd = [sys.executable, str(tree / "examples" / "etad_anet.py"), "--epochs", str(args.epochs),
            "--output-dir", str(out), "--no-progress", "--seed", str(args.seed),
-           *SETTINGS[name][1], *args.extra]  # fmt: skip
+           *SETTINGS[setting][1], *args.extra]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}  # fmt: skip
+           "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(tree / "src")}  # fmt: skip
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -132,7 +136,8 @@ def table(results: dict[str, list[dict]]) -> str:
         )  # fmt: skip
         maps = [r["map"] for r in runs if r["map"] is not None]
         mean_map = f"{statistics.mean(maps):.1f}" if maps else "-"
-        lines.append(f"| {SETTINGS[name][0]} | {t:.1f} s | **{t / base:.2f}** | {cpu:.1f} s | "
+        label = SETTINGS[name.split("@")[0]][0] + (" (before)" if name.endswith("@before") else "")
+        lines.append(f"| {label} | {t:.1f} s | **{t / base:.2f}** | {cpu:.1f} s | "
                      f"{cpu / base_cpu:.2f} | {phases} | {mems} | {mean_map} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -150,7 +155,7 @@ def load_table(
             times = [statistics.median(r["train_s"] for r in every[(t, x)][name])
                      for x in args.load]  # fmt: skip
             ratios = " | ".join(f"**{v / times[0]:.2f}**" for v in times[1:])
-            lines.append(f"| {t} ({resolve_threads(t)}) | {SETTINGS[name][0]} | "
+            lines.append(f"| {t} ({resolve_threads(t)}) | {SETTINGS[name.split('@')[0]][0]} | "
                          + " | ".join(f"{v:.1f}" for v in times) + f" | {ratios} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -174,12 +179,20 @@ def main() -> None:
         default=[0],
         help="CPU-bound processes run beside each run (e.g. 0 1: idle and loaded, compared)",
     )
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS),
+                   choices=[*SETTINGS, *(f"{k}@before" for k in SETTINGS)],
+                   help="NAME@before runs NAME with the code of --before")  # fmt: skip
+    p.add_argument("--before", type=Path, default=None,
+                   help="a checkout of earlier code (git archive COMMIT | tar -x -C DIR): "
+                   "settings NAME@before run its examples/etad_anet.py and src, interleaved "
+                   "with the others, for a before/after split from one command")  # fmt: skip
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further options for every run of the main job")  # fmt: skip
     p.add_argument("--write-docs", action="store_true", help=f"update {DOC.relative_to(ROOT)}")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "main_job.json")
     args = p.parse_args()
+    if any(n.endswith("@before") for n in args.settings) and args.before is None:
+        p.error("NAME@before settings need --before DIR (a checkout of the earlier code)")
     if "naive" not in args.settings:
         args.settings.insert(0, "naive")
     # Make sure the data set exists before timing anything (the first run would generate it).

@@ -56,8 +56,10 @@ from etad.training import (
     EpochSetter,
     build_models,
     detector_step,
+    encoder_memory,
     make_engine,
     make_scheduler,
+    memory_line,
     setup_distributed,
 )
 from sgs_tad import SGSTrainer
@@ -167,6 +169,16 @@ def run_training(args: argparse.Namespace, rank: int, world: int) -> dict[str, A
         log_every=1,
         callbacks=[EpochSetter(train_items), grad_stats],
     )
+    # The memory win in one line, before training: the encoder's saved activations under SGS
+    # (K snippets at a time; K from the probe with --memory-budget) against naive's whole batch.
+    batch = [train_items[i].source for i in range(min(args.batch_size, len(train_items)))]
+    try:
+        memory = encoder_memory(trainer.engine, batch, micro_batch_size=args.micro_batch_size,
+                                ratio=args.ratio)  # fmt: skip
+    except ValueError as err:  # a --memory-budget that cannot hold one snippet
+        fail(str(err))
+    if memory is not None and rank == 0:
+        print(memory_line(memory), flush=True)
     t_train, cpu_train = time.perf_counter(), time.process_time()
     try:
         fit = trainer.fit(train_items, epochs=args.epochs, batch_size=args.batch_size,
@@ -220,6 +232,7 @@ def run_training(args: argparse.Namespace, rank: int, world: int) -> dict[str, A
             "bad_videos": fit["bad_videos"],
             "phases": fit["phases"],
             "grad_stats": grad_stats.summary(),
+            "encoder_memory": memory,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "world_size": world,
         }

@@ -58,6 +58,39 @@ def test_one_epoch_writes_every_output(trained: tuple[Path, Path]) -> None:
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
+def test_first_run_shows_the_memory_win(trained: tuple[Path, Path]) -> None:
+    _, out = trained
+    memory = json.loads((out / "metrics.json").read_text())["encoder_memory"]
+    s = memory["saved_bytes_per_snippet"]
+    assert s > 0 and memory["micro_batch_size"] == 4 and memory["snippets_per_batch"] == 32
+    assert memory["sgs_snippets"] == 4  # K: 2 videos of 16 snippets sample 5 each at γ = 0.3
+    assert memory["sgs_saved_bytes"] == 4 * s and memory["naive_saved_bytes"] == 32 * s
+
+
+def test_memory_budget_chooses_k_with_the_probe(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run("--epochs", "1", "--data-root", tmp_path / "data", "--output-dir", out, *TINY,
+               "--memory-budget", "1GB")  # fmt: skip
+    memory = json.loads((out / "metrics.json").read_text())["encoder_memory"]
+    k, s = memory["micro_batch_size"], memory["saved_bytes_per_snippet"]
+    assert memory["memory_budget"] == 10**9 and k > 4
+    assert f"micro_batch_size='auto': K = {k}," in proc.stderr  # logged by the engine
+    line = [x for x in proc.stdout.splitlines() if x.startswith("encoder activations saved")]
+    assert len(line) == 1 and f"K = {k} chosen for --memory-budget" in line[0], proc.stdout
+    held = min(k, 10)  # 5 sampled snippets of each of the batch's 2 videos
+    assert memory["sgs_snippets"] == held and memory["sgs_saved_bytes"] == held * s
+    assert memory["naive_saved_bytes"] == 32 * s
+    assert f"({32 / held:.1f}x)" in line[0]
+
+
+def test_memory_budget_too_small_for_one_snippet_is_a_one_line_error(tmp_path: Path) -> None:
+    proc = run("--epochs", "1", "--data-root", tmp_path / "data", "--output-dir",
+               tmp_path / "out", *TINY, "--memory-budget", "1KB", returncode=2)  # fmt: skip
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("etad_anet.py: error: memory_budget=") and "one snippet" in error
+    assert "Traceback" not in proc.stderr
+
+
 def test_resume_continues_from_the_checkpoint(trained: tuple[Path, Path]) -> None:
     data, out = trained
     before = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))

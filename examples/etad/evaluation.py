@@ -17,6 +17,7 @@ from torch import nn
 from sgs_tad import SequentializedGradientSampler
 from sgs_tad.data import ActivityNetDataset
 from sgs_tad.detection.postprocess import merge_window_detections
+from sgs_tad.engine.sizing import AUTO_ENCODE_FACTOR
 from sgs_tad.evaluation import (
     ACTIVITYNET_TIOU_THRESHOLDS,
     THUMOS_TIOU_THRESHOLDS,
@@ -28,15 +29,40 @@ from .data import windowed
 from .detections import to_detections
 from .detector import Detector
 
+#: Snippets per encoder call of an evaluation, in units of K: phase 1 alone keeps no graph, so
+#: its calls may hold the snippets of 8 phase-3 micro-batches (the cap of the library's
+#: ``encode_batch_size="auto"``), and fewer calls cost less per-call overhead.
+EVALUATION_CALL_FACTOR = AUTO_ENCODE_FACTOR
+
+
+def evaluation_engine(encoder: nn.Module, k: int, device: str) -> SequentializedGradientSampler:
+    """The one engine of an evaluation (or a prediction): phase 1 alone, in calls of 8 K.
+
+    Built once per evaluation, so its independence and norm checks run once, not per batch.
+    """
+    return SequentializedGradientSampler(encoder, micro_batch_size=k, ratio=0.0, device=device,
+                                         encode_batch_size=EVALUATION_CALL_FACTOR * k)  # fmt: skip
+
 
 @torch.no_grad()
 def predict_videos(
-    encoder: nn.Module, detector: Detector, sources: list[Any], k: int, device: str
+    encoder: nn.Module,
+    detector: Detector,
+    sources: list[Any],
+    k: int,
+    device: str,
+    *,
+    engine: SequentializedGradientSampler | None = None,
 ) -> tuple[list[Any], torch.Tensor]:
-    """Detections and class scores of videos: phase 1 alone (no graph, no sample), then ETAD."""
+    """Detections and class scores of videos: phase 1 alone (no graph, no sample), then ETAD.
+
+    Pass the ``engine`` of :func:`evaluation_engine` when predicting batch after batch; without
+    it one is built for this call.
+    """
     encoder.eval()
     detector.eval()
-    engine = SequentializedGradientSampler(encoder, micro_batch_size=k, device=device)
+    if engine is None:
+        engine = evaluation_engine(encoder, k, device)
     return detector.predict(engine.encode_features(sources))
 
 
@@ -70,11 +96,12 @@ def evaluate(
     results: dict[str, list[list[dict[str, Any]]]] = {}
     agnostic: dict[str, list[list[dict[str, Any]]]] = {}
     correct = labelled = 0
+    engine = evaluation_engine(encoder, args.micro_batch_size, args.device)
     for start in range(0, len(items), args.batch_size):
         samples = [items[i] for i in range(start, min(start + args.batch_size, len(items)))]
-        preds, probs = predict_videos(
-            encoder, detector, [s.source for s in samples], args.micro_batch_size, args.device
-        )
+        sources = [s.source for s in samples]
+        preds, probs = predict_videos(encoder, detector, sources, args.micro_batch_size,
+                                      args.device, engine=engine)  # fmt: skip
         for s, pred, prob in zip(samples, preds, probs):
             place = dict(duration=s.duration, offset=s.offset)
             results.setdefault(s.video_id, []).append(

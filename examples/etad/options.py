@@ -18,6 +18,7 @@ import torch
 
 from pretrain_encoder import PRETRAINABLE, PretrainConfig, default_checkpoint, recipe
 from sgs_tad.encoders import ENCODERS
+from sgs_tad.engine.memory import parse_bytes
 from sgs_tad.training.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S
 
 from .detector import CLASS_HEADS, FEATURE_NORMS
@@ -204,6 +205,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "first batch, at most 8 K; 'k': K)",
     )
     sgs.add_argument(
+        "--memory-budget",
+        default=None,
+        help="bytes one micro-batch's encoder activations may take, e.g. 2GB: K and the "
+        "phase-1 call size are then chosen by the library's probe (micro_batch_size='auto'), "
+        "replacing --micro-batch-size and --encode-batch-size",
+    )
+    sgs.add_argument(
         "--keep-graphs",
         type=lambda v: int(v) if v.isdigit() else v,
         default=0,
@@ -346,6 +354,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1; got {value}")
+    if args.memory_budget is not None:
+        check_memory_budget(p, args)
     if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) >= 1):
         p.error(f"--threads must be 'auto' or a number >= 1; got {args.threads!r}")
     if args.decode_workers < 0:
@@ -371,6 +381,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 f"got {delay} (at --epochs or more the encoder would never train)"
             )
     return resolve_defaults(args)
+
+
+def check_memory_budget(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--memory-budget``: a size (``2GB``, ``512MiB``, bytes), for SGS training an encoder."""
+    try:
+        budget = parse_bytes(args.memory_budget)
+    except ValueError as err:
+        p.error(f"--memory-budget: {err}")
+    if budget <= 0:
+        p.error(f"--memory-budget must be more than 0 bytes; got {args.memory_budget!r}")
+    if args.naive or args.features is not None:
+        p.error("--memory-budget sizes SGS's micro-batches; --naive holds every snippet "
+                "in one graph and --features trains no encoder: drop one of them")  # fmt: skip
 
 
 def check_layout(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -24,7 +24,13 @@ from sgs_tad.training.outputs import atomic_write_json
 from .data import PIXEL_MEAN, PIXEL_STD, data_paths, dataset_options
 from .detections import to_detections
 from .detector import CLASS_HEADS, FEATURE_NORMS, Detector
-from .evaluation import evaluate, evaluation_summary, predict_videos, print_evaluation
+from .evaluation import (
+    evaluate,
+    evaluation_engine,
+    evaluation_summary,
+    predict_videos,
+    print_evaluation,
+)
 from .options import LAYOUTS, check_device, fail
 from .training import build_models
 
@@ -202,10 +208,11 @@ def predict(argv: list[str]) -> list[dict[str, Any]]:
                             a.video.stem, duration, float(info.fps),
                             (frames.float().mean(dim=1) + 0.5) / info.fps)  # fmt: skip
         windows = []
+        engine = evaluation_engine(encoder, args.micro_batch_size, a.device)  # one per video
         for lo, hi in sliding_windows(n, window=args.window, stride=max(1, args.window // 2)):
             w = window_sample(video, lo, hi)
             preds, probs = predict_videos(encoder, detector, [w.source], args.micro_batch_size,
-                                          a.device)  # fmt: skip
+                                          a.device, engine=engine)  # fmt: skip
             windows.append(to_detections(preds[0], duration=w.duration, offset=w.offset,
                                          class_scores=probs[0], class_names=classes))  # fmt: skip
         dets = merge_window_detections(windows)

@@ -19,6 +19,9 @@ from torch import nn
 from sgs_tad import EndToEnd, Engine, SequentializedGradientSampler, SGSTrainer, StepInfo
 from sgs_tad.data import ActivityNetDataset, WindowedDataset
 from sgs_tad.encoders import build_encoder, freeze_encoder
+from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
+from sgs_tad.engine.microbatch import num_sampled
+from sgs_tad.engine.sizing import probe_dtype
 from sgs_tad.training.callbacks import Callback
 from sgs_tad.training.distributed import init_distributed
 from sgs_tad.training.optimization import SchedulerFactory, step_decay, warmup_cosine
@@ -121,9 +124,68 @@ def make_engine(args: argparse.Namespace, encoder: nn.Module, mode: str) -> Engi
     ratio = 0.0 if mode == "features" else args.ratio
     prefetches: dict[str, bool | Literal["auto"]] = {"auto": "auto", "on": True, "off": False}
     prefetch = prefetches[args.prefetch]
-    return SequentializedGradientSampler(encoder, micro_batch_size=args.micro_batch_size,
-                                         encode_batch_size=args.encode_batch_size,
+    budget = getattr(args, "memory_budget", None)
+    sizes: dict[str, Any] = dict(micro_batch_size=args.micro_batch_size,
+                                 encode_batch_size=args.encode_batch_size)  # fmt: skip
+    if budget is not None:  # K and the phase-1 calls from the probe (resolve_sizing)
+        sizes = dict(micro_batch_size="auto", memory_budget=budget, encode_batch_size="auto")
+    return SequentializedGradientSampler(encoder, **sizes,
                                          keep_graphs=args.keep_graphs, prefetch=prefetch,
                                          ratio=ratio, sampler=args.snippet_sampler,
                                          grad_scale=args.grad_scale,
                                          on_nonfinite_grad="skip", device=args.device)  # fmt: skip
+
+
+def encoder_memory(
+    engine: Engine, sources: list[Any], *, micro_batch_size: int, ratio: float
+) -> dict[str, Any] | None:
+    """What the encoder saves for backward under SGS against naive end to end, for one batch.
+
+    ``sources`` are the snippets of one batch (N in all); ``micro_batch_size`` is SGS's K where
+    the engine does not choose it (``--naive``: what SGS would hold at ``--micro-batch-size``).
+    SGS's micro-batches hold the batch's sampled snippets (γ N_i per video) K at a time, so
+    never more than those: ``sgs_snippets = min(K, sampled)``.
+
+    One probe (:func:`~sgs_tad.engine.memory.measure_snippet_cost`; with ``--memory-budget``
+    the very probe that chose K) gives the bytes one snippet saves for backward, s. SGS holds
+    one micro-batch's at a time, K s; naive end-to-end training holds the whole batch's, N s.
+    Raises ``ValueError`` when ``--memory-budget`` cannot hold one snippet. ``None`` when the
+    encoder does not train (features mode).
+    """
+    if not engine.trains_encoder or not any(p.requires_grad for p in engine.encoder.parameters()):
+        return None
+    n = sum(len(s) for s in sources)
+    k, budget, choice = micro_batch_size, None, None
+    if isinstance(engine, SequentializedGradientSampler):
+        engine.resolve_sizing(sources)  # K now, from the budget, instead of at the first batch
+        k, budget, choice = engine.micro_batch_size, engine.memory_budget, engine.auto_choice
+    if choice is not None:
+        saved = float(choice["saved_bytes_per_snippet"])
+    else:
+        first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
+        cost = measure_snippet_cost(engine.encoder, tuple(first.shape[1:]), device=engine.device,
+                                    dtype=probe_dtype(first), repeats=1)  # fmt: skip
+        saved = cost.saved_bytes
+    held = min(k, sum(num_sampled(len(s), ratio) for s in sources))
+    return {
+        "saved_bytes_per_snippet": saved,
+        "snippets_per_batch": n,
+        "micro_batch_size": k,
+        "memory_budget": budget,
+        "sgs_snippets": held,
+        "sgs_saved_bytes": held * saved,
+        "naive_saved_bytes": n * saved,
+        "engine": "sgs" if isinstance(engine, SequentializedGradientSampler) else "naive",
+    }
+
+
+def memory_line(memory: dict[str, Any]) -> str:
+    """The line of :func:`encoder_memory` that the main job prints before training."""
+    s, n = memory["saved_bytes_per_snippet"], memory["snippets_per_batch"]
+    k, held, budget = memory["micro_batch_size"], memory["sgs_snippets"], memory["memory_budget"]
+    chosen = f" chosen for --memory-budget {format_bytes(budget)}" if budget else ""
+    of = f" (K = {k}{chosen}" + (f"; the batch's {held} sampled)" if held < k else ")")
+    return (f"encoder activations saved for backward (measured by the probe, "
+            f"{format_bytes(s)} per snippet): SGS holds {held} snippets at a time{of}, "
+            f"{format_bytes(held * s)}; naive end to end would hold the batch's {n} snippets, "
+            f"{format_bytes(n * s)} ({n / held:.1f}x)")  # fmt: skip

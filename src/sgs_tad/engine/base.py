@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sgs_tad.engine.heap import release_cpu_heap
+from sgs_tad.engine.heap import HeapTrimmer
 from sgs_tad.engine.microbatch import MicroBatch, as_sources, check_features, plan_encode
 from sgs_tad.engine.sources import SnippetSource
 
@@ -131,6 +131,7 @@ class EndToEnd:
         self.checkpoint = checkpoint
         self.pool = pool
         self._device = torch.device(device) if device is not None else None
+        self._trim_heap = HeapTrimmer()  # at most once a second, as SGS does
 
     @property
     def device(self) -> torch.device:
@@ -190,7 +191,7 @@ class EndToEnd:
         graph. On a CPU device the freed heap memory is given back to the system, as
         :class:`~sgs_tad.SequentializedGradientSampler` does (see :mod:`sgs_tad.engine.heap`)."""
         if self.device.type == "cpu":
-            release_cpu_heap()
+            self._trim_heap()
 
     def manual_seed(self, seed: int) -> None:
         """Nothing to seed: the engine draws no sample."""

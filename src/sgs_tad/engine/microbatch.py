@@ -25,8 +25,9 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ import torch
 from sgs_tad.engine.sources import SnippetSource, TensorSource
 
 __all__ = [
+    "PREFETCH_MIN_GATHER_S",
     "EncodePlan",
     "EncoderOutputError",
     "MicroBatch",
@@ -333,6 +335,10 @@ def as_sources(snippets: object) -> list[SnippetSource]:
     return sources
 
 
+#: ``prefetch="auto"`` starts the prefetch thread once a gather after the first took this long.
+PREFETCH_MIN_GATHER_S = 1e-3
+
+
 def prefetches(prefetch: bool | str, sources: Sequence[SnippetSource]) -> bool:
     """Whether :func:`gathered` gathers in a background thread.
 
@@ -359,18 +365,35 @@ def gathered(
 ) -> Iterator[tuple[MicroBatch, torch.Tensor]]:
     """Each micro-batch with its snippets, the next one gathered in a thread when ``prefetch``.
 
-    ``prefetch="auto"`` prefetches when some source is lazy (not a :class:`TensorSource`): the
-    next micro-batch decodes while the encoder runs the current one. A decoding error is
-    raised here, in micro-batch order.
+    ``prefetch=True`` gathers every micro-batch in a background thread, the next one while the
+    encoder runs the current one. ``prefetch="auto"`` does so only where it pays: with a lazy
+    source (not a :class:`TensorSource`), and once a gather after the first took
+    :data:`PREFETCH_MIN_GATHER_S` or more. The first gather is waited for whichever thread runs
+    it, and those after it are often slices of a cache the first one filled (microseconds):
+    handing them to a thread would only add a thread switch per micro-batch, which costs
+    milliseconds on a busy machine. A decoding error is raised here, in micro-batch order.
     """
     if not prefetches(prefetch, sources) or len(batches) < 2:
         for batch in batches:
             yield batch, batch.gather(sources)
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgs-prefetch") as pool:
+    pool: ThreadPoolExecutor | None = None
+    pending: Future[torch.Tensor] | None = None
+    if prefetch is True:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgs-prefetch")
         pending = pool.submit(batches[0].gather, sources)
+    try:
         for j, batch in enumerate(batches):
-            x = pending.result()  # re-raises a decoding error here, in order
-            if j + 1 < len(batches):
+            if pending is not None:
+                x = pending.result()  # re-raises a decoding error here, in order
+            else:
+                start = time.perf_counter()
+                x = batch.gather(sources)
+                if j > 0 and time.perf_counter() - start >= PREFETCH_MIN_GATHER_S:
+                    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgs-prefetch")
+            if pool is not None and j + 1 < len(batches):
                 pending = pool.submit(batches[j + 1].gather, sources)
             yield batch, x
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # a pending gather finishes before its sources go away

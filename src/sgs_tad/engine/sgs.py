@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, Literal
@@ -48,7 +47,7 @@ from sgs_tad.engine.checks import (
     check_options,
     resolve_sampler,
 )
-from sgs_tad.engine.heap import release_cpu_heap
+from sgs_tad.engine.heap import HeapTrimmer
 from sgs_tad.engine.independence import check_snippet_independence
 from sgs_tad.engine.keep import keep_fits, parse_keep_budget
 from sgs_tad.engine.memory import DeviceBytesMeter, SavedBytesMeter
@@ -116,9 +115,12 @@ class SequentializedGradientSampler(AutoSizing):
             same either way.
         prefetch: Gather (decode) the next micro-batch in a background thread while the
             encoder runs the current one. ``"auto"`` (default) does it when some source is
-            lazy (not a tensor), where decoding is worth overlapping; sources must be
-            thread-safe for one reader at a time, as the :class:`SnippetSource` contract
-            already requires determinism.
+            lazy (not a tensor) and its gathers after the first take a millisecond or more,
+            where decoding is worth overlapping; a decode cache filled by the first gather
+            makes the others slices, which a thread would only delay
+            (:func:`~sgs_tad.engine.microbatch.gathered`). Sources must be thread-safe for one
+            reader at a time, as the :class:`SnippetSource` contract already requires
+            determinism.
         ratio: γ ∈ [0, 1], fraction of each video's snippets whose feature gradient is
             back-propagated into the encoder; see :func:`~sgs_tad.engine.microbatch.num_sampled`
             for
@@ -220,7 +222,7 @@ class SequentializedGradientSampler(AutoSizing):
         self.norm_policy = norm_policy
         self.independence_check = bool(independence_check)
         self.release_cpu_memory = bool(release_cpu_memory)
-        self._last_release = 0.0
+        self._trim_heap = HeapTrimmer()
         # Whether phase 1 leaves the global random states alone: None until the first batch
         # tells. An encoder without randomness needs no replay, so its sampled snippets may
         # share the larger phase-1 calls.
@@ -334,13 +336,11 @@ class SequentializedGradientSampler(AutoSizing):
         return out
 
     def _release_heap(self) -> None:
-        # At most every 50 ms: trimming costs about a millisecond, which matters next to the
-        # micro-batches of a small encoder, and they leave little to give back anyway.
+        # At most once a second (HeapTrimmer): a trim and the page faults that follow it cost
+        # 7 % of a small encoder's step at 50 ms, and its micro-batches leave little to give
+        # back anyway (sgs_tad.engine.heap).
         if self.release_cpu_memory and self.device.type == "cpu":
-            now = time.perf_counter()
-            if now - self._last_release >= 0.05:
-                release_cpu_heap()
-                self._last_release = time.perf_counter()
+            self._trim_heap()
 
     def _state_tensors(self) -> list[torch.Tensor]:
         """Parameters and buffers: saved for backward too, but they exist anyway."""

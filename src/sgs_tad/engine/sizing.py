@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
+from sgs_tad.engine.microbatch import as_sources
 from sgs_tad.engine.sources import SnippetSource
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "PROBE_SIZES",
     "AutoSizing",
     "fit_fixed_and_per_snippet",
+    "probe_dtype",
 ]
 
 logger = logging.getLogger("sgs_tad.engine.sgs")
@@ -63,6 +65,13 @@ def fit_fixed_and_per_snippet(points: Sequence[tuple[int, float]]) -> tuple[floa
     if slope <= 0 or fixed < 0:
         return 0.0, worst
     return fixed, slope
+
+
+def probe_dtype(snippets: torch.Tensor) -> torch.dtype:
+    """The dtype the probe's random snippets take for ``snippets``: theirs if floating point;
+    float32 for uint8 pixels, which the encoder normalises to float before its first layer, so
+    its activations are those of float input."""
+    return snippets.dtype if snippets.is_floating_point() else torch.float32
 
 
 class AutoSizing:
@@ -156,13 +165,29 @@ class AutoSizing:
             sizing["saved"], sizing["workspace"],
         )  # fmt: skip
 
+    def resolve_sizing(self, snippets: Any) -> None:
+        """Choose ``micro_batch_size="auto"`` now, from the first snippet of ``snippets``.
+
+        The probe otherwise runs at the first :meth:`encode`; calling this first lets a
+        program report K (:attr:`auto_choice`) before training, or fail early on a budget too
+        small for one snippet. Nothing happens when K is already known.
+
+        Args:
+            snippets: As for :meth:`encode` (only the first snippet is read).
+
+        Raises:
+            ValueError: ``memory_budget`` cannot hold one snippet's activations.
+        """
+        if self._auto_k:
+            self._resolve_auto(as_sources(snippets))
+
     def _resolve_auto(self, sources: Sequence[SnippetSource]) -> None:
         """Choose K (and the phase-1 size) from the memory budget with a one-off probe."""
         assert self.memory_budget is not None
         first = sources[0].get_snippets(torch.zeros(1, dtype=torch.long))
         sizes = PROBE_SIZES["cuda" if self.device.type == "cuda" else "other"]
         costs = [measure_snippet_cost(self.encoder, tuple(first.shape[1:]), micro_batch_size=m,
-                                      device=self.device, pool=self.pool, dtype=first.dtype,
+                                      device=self.device, pool=self.pool, dtype=probe_dtype(first),
                                       repeats=1) for m in sizes]  # fmt: skip
         cost = costs[0]
         fixed, per_snippet = fit_fixed_and_per_snippet(
