@@ -255,6 +255,26 @@ def test_zero_std_is_refused(synth):
         ActivityNetDataset(synth, synthetic_video_dir(synth), std=(0.5, 0.0, 0.5), **KW)
 
 
+def test_a_whole_video_request_fills_the_cache_for_the_next_one(synth, monkeypatch):
+    """A phase-1 call of all N snippets, then phase 3's sample: one decoding pass, not two."""
+    from sgs_tad.data import snippets as snippets_module
+
+    opts = dict(subset="training", num_snippets=8, snippet_length=2, size=16)
+    source = ActivityNetDataset(synth, synthetic_video_dir(synth), **opts)[0].source
+    calls: list[int] = []
+    real = snippets_module.decode_video_frames
+
+    def counting(path, frames, **kw):
+        calls.append(len(frames))
+        return real(path, frames, **kw)
+
+    monkeypatch.setattr(snippets_module, "decode_video_frames", counting)
+    whole = source.get_snippets(torch.arange(8))
+    sample = source.get_snippets(torch.tensor([6, 2]))
+    assert calls == [8 * 2]
+    assert torch.equal(sample, whole[torch.tensor([6, 2])])
+
+
 def test_media_source_decodes_a_cached_video_once(synth, monkeypatch):
     """A video whose snippets fit the cache is decoded in one pass, then served from memory."""
     import pickle

@@ -284,7 +284,9 @@ class MediaSnippetSource:
             return self.deliver(torch.empty(0, 3, length, *self.size, dtype=torch.uint8))
         if self._cache is not None:
             return self.deliver(self._cache[indices])
-        if 0 < self.whole_video_bytes <= self.cache_bytes and n < len(self):
+        if 0 < self.whole_video_bytes <= self.cache_bytes:
+            # Kept even when this request is the whole video (a phase-1 call of N snippets):
+            # phase 3 then slices it instead of decoding the video a second time.
             self._cache = self.decode_uint8(torch.arange(len(self)))
             return self.deliver(self._cache[indices])
         return self.deliver(self.decode_uint8(indices))
