@@ -255,12 +255,11 @@ def test_zero_std_is_refused(synth):
         ActivityNetDataset(synth, synthetic_video_dir(synth), std=(0.5, 0.0, 0.5), **KW)
 
 
-def test_a_whole_video_request_fills_the_cache_for_the_next_one(synth, monkeypatch):
-    """A phase-1 call of all N snippets, then phase 3's sample: one decoding pass, not two."""
+@pytest.fixture
+def decode_calls(monkeypatch) -> list[int]:
+    """The frame counts of every decoding call (``decode_video_frames``), in order."""
     from sgs_tad.data import snippets as snippets_module
 
-    opts = dict(subset="training", num_snippets=8, snippet_length=2, size=16)
-    source = ActivityNetDataset(synth, synthetic_video_dir(synth), **opts)[0].source
     calls: list[int] = []
     real = snippets_module.decode_video_frames
 
@@ -269,30 +268,29 @@ def test_a_whole_video_request_fills_the_cache_for_the_next_one(synth, monkeypat
         return real(path, frames, **kw)
 
     monkeypatch.setattr(snippets_module, "decode_video_frames", counting)
+    return calls
+
+
+def test_a_whole_video_request_fills_the_cache_for_the_next_one(synth, decode_calls):
+    """A phase-1 call of all N snippets, then phase 3's sample: one decoding pass, not two."""
+    opts = dict(subset="training", num_snippets=8, snippet_length=2, size=16)
+    source = ActivityNetDataset(synth, synthetic_video_dir(synth), **opts)[0].source
+    calls = decode_calls
     whole = source.get_snippets(torch.arange(8))
     sample = source.get_snippets(torch.tensor([6, 2]))
     assert calls == [8 * 2]
     assert torch.equal(sample, whole[torch.tensor([6, 2])])
 
 
-def test_media_source_decodes_a_cached_video_once(synth, monkeypatch):
+def test_media_source_decodes_a_cached_video_once(synth, decode_calls):
     """A video whose snippets fit the cache is decoded in one pass, then served from memory."""
     import pickle
-
-    from sgs_tad.data import snippets as snippets_module
 
     opts = dict(subset="training", num_snippets=8, snippet_length=2, size=16)
     root = synthetic_video_dir(synth)
     cached = ActivityNetDataset(synth, root, **opts)[0].source
     plain = ActivityNetDataset(synth, root, decode_cache_bytes=0, **opts)[0].source
-    calls: list[int] = []
-    real = snippets_module.decode_video_frames
-
-    def counting(path, frames, **kw):
-        calls.append(len(frames))
-        return real(path, frames, **kw)
-
-    monkeypatch.setattr(snippets_module, "decode_video_frames", counting)
+    calls = decode_calls
     first = cached.get_snippets(torch.tensor([5, 1]))
     again = cached.get_snippets(torch.tensor([0, 7, 3]))
     assert calls == [8 * 2]  # one pass over all 8 snippets, none for the second request
