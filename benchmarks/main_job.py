@@ -155,7 +155,8 @@ def load_table(
             times = [statistics.median(r["train_s"] for r in every[(t, x)][name])
                      for x in args.load]  # fmt: skip
             ratios = " | ".join(f"**{v / times[0]:.2f}**" for v in times[1:])
-            lines.append(f"| {t} ({resolve_threads(t)}) | {SETTINGS[name.split('@')[0]][0]} | "
+            label = SETTINGS[name.split("@")[0]][0] + (" (before)" if "@" in name else "")
+            lines.append(f"| {t} ({resolve_threads(t)}) | {label} | "
                          + " | ".join(f"{v:.1f}" for v in times) + f" | {ratios} |")  # fmt: skip
     return "\n".join(lines)
 
