@@ -148,7 +148,39 @@ class _Held:
         self.meter._release(self.key)
 
 
-class SavedBytesMeter:
+class _StorageCounts:
+    """Live and peak bytes of storages, each counted once however many tensors hold it.
+
+    :meth:`_hold` adds a reference to a storage (its bytes count from the first), and
+    :meth:`_release` drops one (its bytes stop counting with the last).
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self.live = 0
+        self.peak = 0
+        self._excluded = _storages(exclude)
+        self._count: dict[Any, list[int]] = {}  # key -> [references, bytes]
+
+    def _hold(self, key: Any, nbytes: int) -> None:
+        entry = self._count.get(key)
+        if entry is None:
+            self._count[key] = [1, nbytes]
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        else:
+            entry[0] += 1
+
+    def _release(self, key: Any) -> None:
+        entry = self._count.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._count[key]
+            self.live -= entry[1]
+
+
+class SavedBytesMeter(_StorageCounts):
     """Live and peak bytes that autograd saves for backward, each storage counted once.
 
     A context manager over :func:`torch.autograd.graph.saved_tensors_hooks`. A tensor saved
@@ -175,10 +207,7 @@ class SavedBytesMeter:
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
-        self.live = 0
-        self.peak = 0
-        self._excluded = _storages(exclude)
-        self._count: dict[Any, list[int]] = {}  # key -> [references, bytes]
+        super().__init__(exclude)
         self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
 
     def reset_peak(self) -> None:
@@ -194,13 +223,7 @@ class SavedBytesMeter:
             key, nbytes = found
             if key in self._excluded or nbytes == 0 or self._is_cast_of_excluded(t):
                 return t
-        entry = self._count.get(key)
-        if entry is None:
-            self._count[key] = [1, nbytes]
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-        else:
-            entry[0] += 1
+        self._hold(key, nbytes)
         return _Held(self, t, key)
 
     def _is_cast_of_excluded(self, t: torch.Tensor) -> bool:
@@ -223,15 +246,6 @@ class SavedBytesMeter:
     def _unpack(held: Any) -> torch.Tensor:
         return held.tensor if isinstance(held, _Held) else held
 
-    def _release(self, key: Any) -> None:
-        entry = self._count.get(key)
-        if entry is None:
-            return
-        entry[0] -= 1
-        if entry[0] == 0:
-            del self._count[key]
-            self.live -= entry[1]
-
     def __enter__(self) -> SavedBytesMeter:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
@@ -243,7 +257,7 @@ class SavedBytesMeter:
         self._hooks = None
 
 
-class LiveBytesMeter(TorchDispatchMode):
+class LiveBytesMeter(_StorageCounts, TorchDispatchMode):
     """Peak bytes of the storages that ops allocate while the mode is active.
 
     A storage counts from the op that first returns it until every tensor seen on it is
@@ -251,11 +265,8 @@ class LiveBytesMeter(TorchDispatchMode):
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._excluded = _storages(exclude)
-        self._count: dict[tuple[str, int], list[int]] = {}
+        _StorageCounts.__init__(self, exclude)
+        TorchDispatchMode.__init__(self)
 
     def __torch_dispatch__(
         self,
@@ -275,23 +286,8 @@ class LiveBytesMeter(TorchDispatchMode):
         if found is None or found[0] in self._excluded or found[1] == 0:
             return
         key, nbytes = found
-        entry = self._count.get(key)
-        if entry is None:
-            self._count[key] = [1, nbytes]
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-        else:
-            entry[0] += 1
+        self._hold(key, nbytes)
         weakref.finalize(t, self._release, key)
-
-    def _release(self, key: tuple[str, int]) -> None:
-        entry = self._count.get(key)
-        if entry is None:
-            return
-        entry[0] -= 1
-        if entry[0] == 0:
-            del self._count[key]
-            self.live -= entry[1]
 
 
 class DeviceBytesMeter(LiveBytesMeter):
