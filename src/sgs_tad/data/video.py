@@ -378,6 +378,10 @@ def decode_video_frames(
             container.seek(target, stream=stream, backward=True, any_frame=False)
         wanted_set = set(wanted)
         seen: set[int] = set()
+        # One converter for the whole stream: ``frame.to_ndarray(format="rgb24")`` builds a
+        # new swscale context per frame, which cost 3.6x the decoding itself at 48 px (132
+        # against 37 us a frame, the same bytes; docs/benchmarks.md, "The data path").
+        rgb = av.video.reformatter.VideoReformatter()
         for seq, frame in enumerate(container.decode(stream)):
             if use_pts and frame.pts is not None:
                 index = round(float((frame.pts - start) * tb) * fps)
@@ -397,7 +401,7 @@ def decode_video_frames(
             if index in wanted_set and index not in seen:
                 # Convert now and drop the decoder frame: only the requested frames stay alive.
                 seen.add(index)
-                add(index, frame.to_ndarray(format="rgb24"))
+                add(index, rgb.reformat(frame, format="rgb24").to_ndarray())
                 found += 1
                 if found == len(wanted_set):
                     break
