@@ -71,6 +71,41 @@ def test_decode_in_workers_hands_over_uint8_in_shared_memory(synth, monkeypatch)
         assert torch.equal(source.get_snippets(idx), lazy[i].source.get_snippets(idx))
 
 
+def test_an_items_small_tensors_travel_inline_and_its_pixels_in_shared_memory(synth):
+    import io
+    import pickle
+    from multiprocessing.reduction import ForkingPickler  # what DataLoader workers send with
+
+    from sgs_tad.data.dataset import VideoBatch
+
+    root = synthetic_video_dir(synth)
+    ds = ActivityNetDataset(synth, root, dtype="uint8", decode_in_workers=True, **OPTS)
+    batch = collate_samples([ds[0], ds[1]])
+    buf = io.BytesIO()
+    ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(batch)
+    # torch's reducer moves a tensor to a shared-memory segment of its own as it pickles it:
+    # only the pixels take that road, the segments, labels and times go in the pickle
+    sample = batch.samples[0]
+    assert sample.source.pixels.is_shared()
+    assert not any(t.is_shared() for t in (sample.segments, sample.labels, sample.snippet_times))
+    assert not batch.durations.is_shared() and not batch.offsets.is_shared()
+    back = pickle.loads(buf.getvalue())
+    assert isinstance(back, VideoBatch) and back.video_ids == batch.video_ids
+    for a, b in zip(back.samples, batch.samples):
+        for name in ("segments", "labels", "snippet_times"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and torch.equal(x, y)
+        assert torch.equal(a.source.pixels, b.source.pixels)
+    # the batch's lists still share the samples' tensors, as collate_samples made them
+    assert back.segments[1] is back.samples[1].segments
+    assert back.labels[0] is back.samples[0].labels
+    assert torch.equal(back.durations, batch.durations) and back.durations.dtype == torch.float64
+    # a batch put together by hand (not by collate_samples) keeps every field it was given
+    odd = VideoBatch(batch.sources, batch.segments, batch.labels, ["x", "y"], batch.durations,
+                     batch.offsets, batch.samples)  # fmt: skip
+    assert pickle.loads(pickle.dumps(odd)).video_ids == ["x", "y"]
+
+
 def test_decode_in_workers_float_output_matches_the_lazy_float_source(synth):
     root = synthetic_video_dir(synth)
     lazy = ActivityNetDataset(synth, root, **OPTS)[2].source

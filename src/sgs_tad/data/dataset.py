@@ -58,9 +58,50 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: A CPU tensor of at most this many bytes in a :class:`VideoSample` or :class:`VideoBatch`
+#: travels from a DataLoader worker inside the item's pickle, as a numpy array. torch's own
+#: reducer gives every tensor a shared-memory segment of its own (created, passed as a file
+#: descriptor, mapped and unmapped), which for the 5-6 small tensors of an item cost more than
+#: they carry: 165-176 against 156-175 videos/s at 2 workers (``benchmarks/data_path.py``).
+#: Larger tensors (decoded pixels) still go through shared memory.
+INLINE_TENSOR_BYTES = 64 * 1024
+
+
+def _pack(value: object) -> tuple[bool, object]:
+    """``(True, numpy array)`` for a small CPU tensor numpy can hold, else ``(False, value)``."""
+    if (
+        isinstance(value, torch.Tensor)
+        and type(value) is torch.Tensor
+        and value.device.type == "cpu"
+        and value.layout == torch.strided
+        and not value.requires_grad
+        and value.dtype not in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+        and not value.is_complex()
+        and value.numel() * value.element_size() <= INLINE_TENSOR_BYTES
+    ):
+        return True, value.numpy()
+    return False, value
+
+
+def _rebuild(cls: type, fields: list[tuple[str, bool, object]]) -> object:
+    """Inverse of the dataclasses' ``__reduce__``: numpy arrays back to tensors."""
+    values = {k: torch.from_numpy(v) if packed else v for k, packed, v in fields}
+    return cls(**values)
+
+
+class _InlineSmallTensors:
+    """Pickles a dataclass with its small tensors inline (see :data:`INLINE_TENSOR_BYTES`)."""
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        fields = []
+        for name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            packed, value = _pack(getattr(self, name))
+            fields.append((name, packed, value))
+        return _rebuild, (type(self), fields)
+
 
 @dataclass(frozen=True)
-class VideoSample:
+class VideoSample(_InlineSmallTensors):
     """One video (or one window of it, see :mod:`sgs_tad.data.windows`).
 
     Attributes:
@@ -89,8 +130,26 @@ class VideoSample:
 
 
 @dataclass(frozen=True)
-class VideoBatch:
+class VideoBatch(_InlineSmallTensors):
     """What :func:`collate_samples` makes of a list of samples (videos stay a list)."""
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # A batch made by collate_samples is pickled as its samples and rebuilt by it: the
+        # lists keep sharing the samples' tensors, and none travels twice.
+        s = self.samples
+        if (
+            len(s) == len(self.sources) == len(self.segments) == len(self.labels)
+            and all(a.source is b for a, b in zip(s, self.sources))
+            and all(a.segments is b for a, b in zip(s, self.segments))
+            and all(a.labels is b for a, b in zip(s, self.labels))
+            and [a.video_id for a in s] == self.video_ids
+            and torch.equal(
+                self.durations, torch.tensor([a.duration for a in s], dtype=torch.float64)
+            )
+            and torch.equal(self.offsets, torch.tensor([a.offset for a in s], dtype=torch.float64))
+        ):
+            return collate_samples, (list(s),)
+        return super().__reduce__()
 
     sources: list[SnippetSource]
     segments: list[torch.Tensor]
