@@ -142,9 +142,70 @@ class VideoEncoder(nn.Module):
                 f"got L={x.shape[2]} (shape {tuple(x.shape)})."
             )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Map checked snippets ``[M, 3, L, H, W]`` to features ``[M, out_channels]``."""
-        raise NotImplementedError
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Map checked snippets ``[M, 3, L, H, W]`` to features ``[M, out_channels]``.
+
+        The stages one after the other (:meth:`run_stage`), then :meth:`head`; a subclass may
+        instead override this alone (it then has no frozen prefix to offer the engine).
+        """
+        return self.forward_suffix(x, 0)
+
+    # ------------------------------------------------------------------ stages one by one
+    #
+    # SGS's phase 3 re-runs the sampled snippets with grad, but the leading stages without a
+    # trainable parameter (the paper freezes TSM's stem and first stages) need no gradient:
+    # the engine keeps their phase-1 output for the sampled snippets and re-runs only the
+    # stages after it (sgs_tad.engine.prefix). Stage 0 is the stem, stage i >= 1 is
+    # stage_names[i - 1], as frozen_stages counts.
+
+    @property
+    def num_stages(self) -> int:
+        """The stem and the residual stages (or blocks)."""
+        return 1 + len(self.stage_names)
+
+    def run_stage(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        """Stage ``index`` (0: the stem, on normalised input): ``[M, ...] -> [M, ...]``.
+
+        Every intermediate keeps one row per snippet, so that rows can be kept and batched
+        again. Subclasses implement it together with :meth:`head`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not run stage by stage")
+
+    def head(self, y: torch.Tensor) -> torch.Tensor:
+        """The last stage's output ``[M, ...]`` to features ``[M, out_channels]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not run stage by stage")
+
+    def frozen_prefix_stages(self) -> int:
+        """How many leading stages have no trainable parameter (0: the stem trains).
+
+        0 as well for an encoder that does not run stage by stage. Only the stages' own
+        modules (:attr:`stem_names`, :attr:`stage_names`) are looked at: a subclass whose
+        stages use a parameter held elsewhere must override this.
+        """
+        if type(self).run_stage is VideoEncoder.run_stage:
+            return 0
+        count = 0
+        for names in (self.stem_names, *((n,) for n in self.stage_names)):
+            if any(p.requires_grad for n in names for p in self.get_submodule(n).parameters()):
+                break
+            count += 1
+        return min(count, self.num_stages - 1)  # (a fully frozen encoder has no suffix)
+
+    def forward_prefix(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """Snippets ``[M, 3, L, H, W]`` (checked and normalised here) through stages
+        ``0 .. stages - 1``: one row per snippet, the input of :meth:`forward_suffix`."""
+        self.check_input(x)
+        y = self.normalise_input(x)
+        for i in range(stages):
+            y = self.run_stage(i, y)
+        return y
+
+    def forward_suffix(self, y: torch.Tensor, stages: int) -> torch.Tensor:
+        """Stages ``stages ..`` and the head on :meth:`forward_prefix`'s output:
+        ``forward_suffix(forward_prefix(x, s), s)`` is ``forward(x)`` for every ``s``."""
+        for i in range(stages, self.num_stages):
+            y = self.run_stage(i, y)
+        return self.head(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode snippets.

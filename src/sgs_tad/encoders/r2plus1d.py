@@ -135,8 +135,10 @@ class R2Plus1D34(VideoEncoder):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        for name in self.stage_names:
-            y = getattr(self, name)(y)
+    def run_stage(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        if index == 0:
+            return self.stem(y)
+        return getattr(self, self.stage_names[index - 1])(y)
+
+    def head(self, y: torch.Tensor) -> torch.Tensor:
         return y.mean(dim=(2, 3, 4))

@@ -128,14 +128,16 @@ class Small3DCNN(VideoEncoder):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        for i, name in enumerate(self.stage_names):
-            if i > 0:
-                # Downsample between stages with average pooling: halves space, and time while
-                # it is longer than min_time, so short snippets (L = 4) work as well as long.
-                kt = 2 if y.shape[2] > self.min_time else 1
-                ks = 2 if min(y.shape[3], y.shape[4]) >= 2 else 1
-                y = nn.functional.avg_pool3d(y, (kt, ks, ks), ceil_mode=True)
-            y = getattr(self, name)(y)
+    def run_stage(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        if index == 0:
+            return self.stem(y)
+        if index > 1:
+            # Downsample between stages with average pooling: halves space, and time while
+            # it is longer than min_time, so short snippets (L = 4) work as well as long.
+            kt = 2 if y.shape[2] > self.min_time else 1
+            ks = 2 if min(y.shape[3], y.shape[4]) >= 2 else 1
+            y = nn.functional.avg_pool3d(y, (kt, ks, ks), ceil_mode=True)
+        return getattr(self, self.stage_names[index - 1])(y)
+
+    def head(self, y: torch.Tensor) -> torch.Tensor:
         return y.mean(dim=(2, 3, 4))

@@ -137,13 +137,22 @@ class TSMResNet50(VideoEncoder):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        m, _, frames, h, w = x.shape
-        # [M, 3, L, H, W] -> [M * L, 3, H, W], the L frames of each snippet contiguous.
-        y = x.transpose(1, 2).reshape(m * frames, 3, h, w)
-        y = self.maxpool(self.relu(self.bn1(self.conv1(y))))
-        for name in self.stage_names:
-            for block in getattr(self, name):
-                y = block(y, frames)
+    # Between stages the frames are kept as [M, L, C, H, W] (one row per snippet); the 2-D
+    # layers see [M * L, C, H, W], the L frames of each snippet contiguous (views, no copies).
+
+    def run_stage(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        if index == 0:
+            m, _, frames, h, w = y.shape
+            # [M, 3, L, H, W] -> [M * L, 3, H, W]
+            y = y.transpose(1, 2).reshape(m * frames, 3, h, w)
+            y = self.maxpool(self.relu(self.bn1(self.conv1(y))))
+            return y.view(m, frames, *y.shape[1:])
+        m, frames = y.shape[:2]
+        y = y.flatten(0, 1)
+        for block in getattr(self, self.stage_names[index - 1]):
+            y = block(y, frames)
+        return y.view(m, frames, *y.shape[1:])
+
+    def head(self, y: torch.Tensor) -> torch.Tensor:
         # Average over space, then over the L frames of each snippet.
-        return y.mean(dim=(2, 3)).view(m, frames, self.out_channels).mean(dim=1)
+        return y.mean(dim=(3, 4)).mean(dim=1)

@@ -338,7 +338,7 @@ class VideoMAE(VideoEncoder):
                 x = flat.view(-1, h, w, t).permute(3, 0, 1, 2)
             return x.permute(0, 2, 3, 1).reshape(t * h * w, -1)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_grid(self, x: torch.Tensor) -> None:
         if x.shape[2] % self.tubelet_size:
             raise ValueError(
                 f"VideoMAE needs a frame count divisible by tubelet_size={self.tubelet_size}, "
@@ -349,17 +349,22 @@ class VideoMAE(VideoEncoder):
                 f"VideoMAE needs frames of at least patch_size={self.patch_size} pixels, got "
                 f"{tuple(x.shape[3:])}."
             )
-        tokens = self.patch_embed.proj(x)  # [M, D, t, h, w]
-        grid = (tokens.shape[2], tokens.shape[3], tokens.shape[4])
-        tokens = tokens.flatten(2).transpose(1, 2)  # [M, t*h*w, D], time-major as the table
-        tokens = self.pos_drop(tokens + self.position_table(grid, dtype=tokens.dtype))
-        for block in self.blocks:
-            if self.checkpoint_blocks and torch.is_grad_enabled():
-                # Keeps only the block's input; the forward is rerun in the backward with the
-                # RNG state of this call, so dropout / drop-path masks match.
-                tokens = checkpoint(block, tokens, use_reentrant=False)
-            else:
-                tokens = block(tokens)
+
+    def run_stage(self, index: int, y: torch.Tensor) -> torch.Tensor:
+        if index == 0:  # the patch embedding, positions and their dropout: [M, t*h*w, D]
+            self._check_grid(y)
+            tokens = self.patch_embed.proj(y)  # [M, D, t, h, w]
+            grid = (tokens.shape[2], tokens.shape[3], tokens.shape[4])
+            tokens = tokens.flatten(2).transpose(1, 2)  # [M, t*h*w, D], time-major as the table
+            return self.pos_drop(tokens + self.position_table(grid, dtype=tokens.dtype))
+        block = self.blocks[index - 1]
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            # Keeps only the block's input; the forward is rerun in the backward with the
+            # RNG state of this call, so dropout / drop-path masks match.
+            return checkpoint(block, y, use_reentrant=False)
+        return block(y)
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
             tokens = self.norm(tokens)
         feats = tokens.mean(dim=1)

@@ -26,6 +26,9 @@ class SGSStats:
         snippets_kept: Sampled snippets whose phase-1 graph was kept (not recomputed).
         kept_bytes: Saved-activation bytes of the kept graphs (measured when the budget is
             in bytes, else 0).
+        snippets_prefix_kept: Sampled snippets whose frozen prefix output phase 1 kept, so
+            that phase 3 re-ran only the trainable stages (:mod:`sgs_tad.engine.prefix`).
+        prefix_bytes: Bytes of those kept prefix outputs.
     """
 
     encode_calls: int = 0
@@ -35,6 +38,8 @@ class SGSStats:
     snippets_sampled: int = 0
     snippets_kept: int = 0
     kept_bytes: int = 0
+    snippets_prefix_kept: int = 0
+    prefix_bytes: int = 0
 
 
 @dataclass
@@ -53,6 +58,10 @@ class EncodeRecord:
     autocast: dict[str, Any] = field(default_factory=dict)
     # Outputs (with their graphs) of the leading sampled micro-batches kept in phase 1.
     kept: list[torch.Tensor] = field(default_factory=list)
+    # Frozen-prefix outputs of the sampled micro-batches (None: re-run whole), and the number
+    # of stages they cover (sgs_tad.engine.prefix).
+    prefixes: list[torch.Tensor | None] = field(default_factory=list)
+    prefix_stages: int = 0
 
 
 def autocast_state(device_type: str) -> dict[str, Any]:

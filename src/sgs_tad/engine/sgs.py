@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -49,8 +48,8 @@ from sgs_tad.engine.checks import (
 )
 from sgs_tad.engine.heap import HeapTrimmer
 from sgs_tad.engine.independence import check_snippet_independence
-from sgs_tad.engine.keep import keep_fits, parse_keep_budget
-from sgs_tad.engine.memory import DeviceBytesMeter, SavedBytesMeter
+from sgs_tad.engine.keep import parse_keep_budget
+from sgs_tad.engine.memory import SavedBytesMeter
 from sgs_tad.engine.microbatch import (
     EncodePlan,
     MicroBatch,
@@ -63,8 +62,15 @@ from sgs_tad.engine.microbatch import (
     plan_encode,
     plan_recompute,
 )
-from sgs_tad.engine.records import EncodeRecord, SGSStats, autocast_state
-from sgs_tad.engine.rng import RNGState, capture_replay_state, replay_rng_state
+from sgs_tad.engine.phase1 import run_plan
+from sgs_tad.engine.prefix import (
+    DEFAULT_PREFIX_BUDGET,
+    PrefixKeeper,
+    frozen_prefix_stages,
+    parse_prefix_budget,
+)
+from sgs_tad.engine.records import EncodeRecord, SGSStats
+from sgs_tad.engine.rng import RNGState, replay_rng_state
 from sgs_tad.engine.sizing import AutoSizing
 from sgs_tad.engine.sources import SnippetSource
 
@@ -113,6 +119,12 @@ class SequentializedGradientSampler(AutoSizing):
             while their measured saved-activation bytes fit. Micro-batches beyond the budget
             are recomputed as usual. Peak memory grows by the kept graphs; the gradient is the
             same either way.
+        reuse_frozen_prefix: Budget for keeping, in phase 1, the output of the encoder's
+            leading stages without a trainable parameter for the sampled snippets, so that
+            phase 3 re-runs only the stages that train (:mod:`sgs_tad.engine.prefix`; encoders
+            with ``forward_prefix``/``forward_suffix``, as :class:`sgs_tad.encoders.VideoEncoder`;
+            feature-independent samplers). ``"256MB"`` (default) a size, an int a number of
+            snippets, ``True`` no limit, ``False`` off. Exact: the same gradient either way.
         prefetch: Gather (decode) the next micro-batch in a background thread while the
             encoder runs the current one. ``"auto"`` (default) does it when some source is
             lazy (not a tensor) and its gathers after the first take a millisecond or more,
@@ -173,6 +185,7 @@ class SequentializedGradientSampler(AutoSizing):
         memory_budget: int | str | None = None,
         encode_batch_size: int | Literal["auto"] | None = None,
         keep_graphs: int | str = 0,
+        reuse_frozen_prefix: bool | int | str = DEFAULT_PREFIX_BUDGET,
         prefetch: bool | Literal["auto"] = "auto",
         ratio: float = 0.3,
         sampler: str | SamplerFn = "random",
@@ -212,6 +225,7 @@ class SequentializedGradientSampler(AutoSizing):
         if not self._auto_k:
             self._set_encode_batch_size(None)
         self.keep_graphs = parse_keep_budget(keep_graphs)
+        self.prefix_budget = parse_prefix_budget(reuse_frozen_prefix)
         self.prefetch = prefetch
         self.ratio = float(ratio)
         self.sampler = resolve_sampler(sampler)
@@ -325,11 +339,17 @@ class SequentializedGradientSampler(AutoSizing):
 
     # ------------------------------------------------------------------------------ phase 1
 
-    def _run(self, batch: MicroBatch, x: torch.Tensor) -> torch.Tensor:
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         target = self._target_device()
-        if target is not None and x.device != target:
-            x = x.to(target, non_blocking=True)
-        out = self.encoder(x)
+        return x.to(target, non_blocking=True) if target is not None else x
+
+    def _run(self, batch: MicroBatch, x: torch.Tensor, split: int = 0) -> torch.Tensor:
+        """The encoder on snippets ``x``, or, with ``split``, its stages from ``split`` on the
+        kept prefix output ``x`` (:mod:`sgs_tad.engine.prefix`); pooled and checked."""
+        if split:  # noqa: SIM108
+            out = self.encoder.forward_suffix(x, split)  # type: ignore[operator]
+        else:
+            out = self.encoder(self._to_device(x))
         if self.pool is not None:
             out = self.pool(out)
         out = check_features(out, len(batch))
@@ -345,88 +365,6 @@ class SequentializedGradientSampler(AutoSizing):
     def _state_tensors(self) -> list[torch.Tensor]:
         """Parameters and buffers: saved for backward too, but they exist anyway."""
         return [*self.encoder.parameters(), *self.encoder.buffers()]
-
-    def _run_plan(
-        self,
-        batches: Sequence[MicroBatch],
-        sources: Sequence[SnippetSource],
-        lengths: Sequence[int],
-        *,
-        sampled: int = 0,
-        capture: bool = False,
-    ) -> tuple[torch.Tensor, list[RNGState | None], dict[str, Any], list[torch.Tensor]]:
-        """Run ``batches`` into a ``[B, N_max, C]`` buffer; the first ``sampled`` are phase 3's.
-
-        A sampled micro-batch within the keep budget runs with grad and its output (with its
-        graph) is returned in ``kept``; the others run without a graph, with the RNG state
-        captured before each remaining sampled one when ``capture``.
-        """
-        feats: torch.Tensor | None = None
-        rng_states: list[RNGState | None] = []
-        kept: list[torch.Tensor] = []
-        autocast: dict[str, Any] = {}
-        keeping = sampled > 0 and self.keep_graphs.enabled
-        kept_snippets = kept_bytes = per_snippet = 0
-        index: list[tuple[torch.Tensor, torch.Tensor]] = []
-        with phase.encoding():
-            for j, (batch, x) in enumerate(gathered(batches, sources, prefetch=self.prefetch)):
-                keeping = keeping and j < sampled
-                keeping = keeping and keep_fits(
-                    self.keep_graphs, len(batch), kept_snippets, kept_bytes, per_snippet
-                )
-                if keeping:
-                    counter = None
-                    sizing = self._sizing
-                    if self.keep_graphs.bytes is not None or (
-                        sizing is not None and sizing["saved"] is None
-                    ):
-                        counter = SavedBytesMeter(exclude=self._state_tensors())
-                    with torch.enable_grad(), counter or nullcontext():
-                        out = self._run(batch, x)
-                    size = counter.live if counter is not None else 0
-                    if sizing is not None and sizing["saved"] is None:
-                        sizing["saved"] = size / len(batch)
-                    budget = self.keep_graphs.bytes
-                    if budget is not None and kept_bytes + size > budget:
-                        keeping = False  # measured over budget: recomputed in phase 3 instead
-                        out = out.detach()
-                    else:
-                        kept.append(out)
-                        kept_snippets += len(batch)
-                        kept_bytes += size
-                        per_snippet = max(per_snippet, -(-size // len(batch)))
-                    # Nothing to replay: a kept graph is never re-run, and one dropped for the
-                    # budget ran with grad, so its RNG state was not captured before it.
-                    rng_states.append(None)
-                else:
-                    if j < sampled:
-                        state = capture_replay_state(self.device) if capture else None
-                        rng_states.append(state)
-                    sizing = self._sizing
-                    if sizing is not None and sizing["workspace"] is None:
-                        held = [*self._state_tensors(), x]
-                        with torch.no_grad(), DeviceBytesMeter(held, device=self.device) as m:
-                            out = self._run(batch, x)
-                        sizing["workspace"] = m.peak / len(batch)
-                    else:
-                        with torch.no_grad():
-                            out = self._run(batch, x)
-                if feats is None:
-                    autocast = autocast_state(out.device.type)
-                    feats = out.new_zeros(len(lengths), max(lengths), out.shape[1])
-                    index = device_indices(batches, out.device)  # one copy for the plan
-                elif out.shape[1] != feats.shape[2] or out.dtype != feats.dtype:
-                    raise ValueError(
-                        f"encoder output changed between micro-batches: [{len(batch)}, "
-                        f"{out.shape[1]}] {out.dtype} after [*, {feats.shape[2]}] {feats.dtype}."
-                    )
-                # Writing into the preallocated buffer drops `out` at the next iteration: no
-                # activation of the encoder outlives its micro-batch (no graph under no_grad).
-                feats[index[j]] = out.detach()
-        assert feats is not None  # at least one snippet per video, checked in as_sources
-        self.stats.snippets_kept = kept_snippets
-        self.stats.kept_bytes = kept_bytes
-        return feats, rng_states, autocast, kept
 
     def encode_features(self, snippets: SnippetInput) -> torch.Tensor:
         """Phase 1 alone: every snippet's feature, without a graph, for inference or frozen use.
@@ -448,7 +386,7 @@ class SequentializedGradientSampler(AutoSizing):
         plan = plan_encode(lengths, self.micro_batch_size, phase1_size=self.encode_batch_size)
         self.stats = SGSStats(encode_calls=len(plan.phase1), snippets_encoded=sum(lengths))
         with torch.no_grad():
-            feats, _, _, _ = self._run_plan(plan.phase1, sources, lengths)
+            feats, _, _, _ = run_plan(self, plan.phase1, sources, lengths)
         if not self._independence_checked:  # after phase 1, which checks the output shape
             self._check_independence(sources)
         return feats
@@ -476,7 +414,18 @@ class SequentializedGradientSampler(AutoSizing):
         picks: list[torch.Tensor] | None = None
         if self.ratio > 0 and not self.needs_features:
             picks = [self._sample(n, None) for n in lengths]
+        # Stages phase 3 can skip; not while the first batch measures the sizes of "auto".
+        sizing = self._sizing
+        split = (
+            frozen_prefix_stages(self.encoder)
+            if picks is not None
+            and self.prefix_budget.enabled
+            and (sizing is None or None not in (sizing["saved"], sizing["workspace"]))
+            else 0
+        )
+        prefix = PrefixKeeper(self.prefix_budget, split) if split else None
         fold = picks is not None and self._rng_free is True and not self.keep_graphs.enabled
+        fold = fold and prefix is None  # (kept prefixes belong to phase 3's micro-batches)
         if picks is not None and not fold:
             # The sample is drawn before phase 1; the plan puts the sampled snippets first, so
             # the leading phase-1 micro-batches are exactly the phase-3 ones (same snippets,
@@ -490,9 +439,11 @@ class SequentializedGradientSampler(AutoSizing):
         sampled = plan.num_sampled_batches if plan is not None else 0
         self.stats = SGSStats(encode_calls=len(batches), snippets_encoded=sum(lengths))
         before = self._rng_snapshot() if self.ratio > 0 and self._rng_free is not False else None
-        feats, rng_states, autocast, kept = self._run_plan(
-            batches, sources, lengths, sampled=sampled, capture=self.preserve_rng_state
-        )
+        feats, rng_states, autocast, kept = run_plan(
+            self,
+            batches, sources, lengths, sampled=sampled, capture=self.preserve_rng_state,
+            prefix=prefix,
+        )  # fmt: skip
         self._release_heap()
         if before is not None:
             drew = not all(torch.equal(a, b) for a, b in zip(before, self._rng_snapshot()))
@@ -511,10 +462,10 @@ class SequentializedGradientSampler(AutoSizing):
                 )
                 self._rng_free = False
                 return self.encode(snippets) if fold else self._finish_encode(
-                    feats, sources, lengths, plan, picks, rng_states, autocast, kept
+                    feats, sources, lengths, plan, picks, rng_states, autocast, kept, prefix
                 )  # fmt: skip
         return self._finish_encode(feats, sources, lengths, plan, picks if fold else None,
-                                   rng_states, autocast, kept)  # fmt: skip
+                                   rng_states, autocast, kept, prefix)  # fmt: skip
 
     def _sample(self, n_items: int, features: torch.Tensor | None) -> torch.Tensor:
         return draw_sample(self.sampler, n_items, self.ratio, features, self.generator)
@@ -536,6 +487,7 @@ class SequentializedGradientSampler(AutoSizing):
         rng_states: list[RNGState | None],
         autocast: dict[str, Any],
         kept: list[torch.Tensor],
+        prefix: PrefixKeeper | None = None,
     ) -> torch.Tensor:
         if not self._independence_checked:  # after phase 1, which checks the output shape
             self._check_independence(sources)
@@ -548,7 +500,9 @@ class SequentializedGradientSampler(AutoSizing):
             self._maybe_choose_phase1_size()
         self._records[feats] = EncodeRecord(lengths=lengths, mask=mask, plan=plan, picks=picks,
                                              rng_states=rng_states, autocast=autocast,
-                                             kept=kept)  # fmt: skip
+                                             kept=kept, prefixes=prefix.kept if prefix else [],
+                                             prefix_stages=prefix.stages if prefix else 0,
+                                             )  # fmt: skip
         return feats
 
     # ------------------------------------------------------------------------------ phase 3
@@ -581,7 +535,7 @@ class SequentializedGradientSampler(AutoSizing):
         self.stats.snippets_recomputed = 0
         self.stats.snippets_sampled = 0
         if self.ratio == 0 or record.plan is None or not record.plan.sampled:
-            record.kept = []  # (nothing is kept without a replayable plan)
+            record.kept, record.prefixes = [], []  # (nothing is kept without a replayable plan)
         if self.ratio == 0:
             return
         grad = feats.grad
@@ -629,21 +583,30 @@ class SequentializedGradientSampler(AutoSizing):
         if self.determinism_check:
             low = record.autocast.get("dtype") in (torch.float16, torch.bfloat16)
             check = DeterminismCheck(autocast=bool(record.autocast.get("enabled")) and low)
+        rest = batches[n_kept:]
+        # Kept frozen-prefix outputs: their micro-batches need no snippets, only the stages after.
+        prefixes = (record.prefixes[n_kept:] + [None] * len(rest))[: len(rest)]
+        record.prefixes = []
+        todo = iter(gathered([b for b, h in zip(rest, prefixes) if h is None], sources,
+                             prefetch=self.prefetch))  # fmt: skip
         with phase.recomputing():
-            todo = gathered(batches[n_kept:], sources, prefetch=self.prefetch)
-            for (batch, x), state, (videos, positions) in zip(
-                todo, states[n_kept:], index[n_kept:]
+            for i, (batch, state, (videos, positions)) in enumerate(
+                zip(rest, states[n_kept:], index[n_kept:])
             ):
+                x, prefixes[i] = prefixes[i], None  # (freed as the loop goes)
+                split = record.prefix_stages if x is not None else 0
+                if x is None:
+                    _, x = next(todo)
                 sizing = self._sizing
                 measure = sizing is not None and sizing["saved"] is None
                 with replay_rng_state(state), torch.autocast(**record.autocast):
                     if measure:
                         with SavedBytesMeter(exclude=self._state_tensors()) as meter:
-                            out = self._run(batch, x)
+                            out = self._run(batch, x, split)
                         assert sizing is not None
                         sizing["saved"] = meter.peak / len(batch)
                     else:
-                        out = self._run(batch, x)
+                        out = self._run(batch, x, split)
                 if check is not None:  # reduced on the device, read once after the loop
                     check.add(out.detach(), feats.detach()[videos, positions])
                 g = grad[videos, positions] * scale[videos].unsqueeze(1)

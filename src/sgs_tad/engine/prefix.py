@@ -1,0 +1,106 @@
+"""The frozen prefix: phase 3 re-runs only the encoder stages that train.
+
+Phase 3 re-runs each sampled micro-batch with grad to back-propagate its feature gradient into
+the encoder. The leading stages of an encoder that have no trainable parameter (the paper
+freezes the stem and first stages of TSM-R50; ``frozen_stages`` in mmaction2 and OpenTAD) need
+no gradient: nothing flows into them, their input requires none. So phase 1 keeps their output
+for the sampled snippets, and phase 3 runs only the stages after them on it. The gradient is the
+same (the kept tensor is exactly what phase 1 fed the rest of the encoder); the re-forward is
+cheaper by the prefix's share of the forward; the cost is the kept tensors' memory, from phase
+1 to phase 3, within a budget (``reuse_frozen_prefix`` of
+:class:`~sgs_tad.engine.sgs.SequentializedGradientSampler`).
+
+An encoder offers a prefix by three methods, as :class:`sgs_tad.encoders.VideoEncoder` has
+them: ``frozen_prefix_stages()`` (how many leading stages have no trainable parameter),
+``forward_prefix(x, s)`` (input to the output of stage ``s - 1``, one row per snippet) and
+``forward_suffix(h, s)`` (the rest, to features), with ``forward_suffix(forward_prefix(x, s),
+s)`` equal to ``encoder(x)``. An encoder wrapped by DDP (whose forward synchronises gradients)
+or compiled (whose forward is the compiled one) is run whole.
+
+RNG replay: when the prefix is kept, the random state is captured after it, before the stages
+phase 3 re-runs, so dropout in the trainable stages draws the same masks in both phases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgs_tad.engine import compiled
+from sgs_tad.engine.keep import KeepBudget, keep_fits
+from sgs_tad.engine.memory import parse_bytes
+
+__all__ = ["PrefixKeeper", "frozen_prefix_stages", "parse_prefix_budget"]
+
+#: ``reuse_frozen_prefix``'s default: the kept prefix outputs of one batch may take this much.
+DEFAULT_PREFIX_BUDGET = "256MB"
+
+
+def parse_prefix_budget(value: bool | int | str) -> KeepBudget:
+    """``True``/``"all"``: no limit; ``False``/``0``: off; an int: snippets; a size: bytes."""
+    if value is True or value == "all":
+        return KeepBudget(snippets=2**62)
+    if value is False:
+        return KeepBudget()
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"reuse_frozen_prefix must be >= 0 snippets; got {value}.")
+        return KeepBudget(snippets=value)
+    if isinstance(value, str):
+        try:
+            return KeepBudget(bytes=parse_bytes(value))
+        except ValueError as err:
+            raise ValueError(f"reuse_frozen_prefix: {err}") from None
+    raise ValueError(
+        "reuse_frozen_prefix must be True/'all' (keep every sampled snippet's prefix output), "
+        f"False/0 (off), a number of snippets or a size such as '256MB'; got {value!r}."
+    )
+
+
+def frozen_prefix_stages(encoder: nn.Module) -> int:
+    """Leading stages of ``encoder`` phase 3 may skip (0: none, or it cannot run in parts)."""
+    method = getattr(type(encoder), "frozen_prefix_stages", None)
+    if method is None or not all(
+        callable(getattr(encoder, m, None)) for m in ("forward_prefix", "forward_suffix")
+    ):
+        return 0  # (a DDP wrapper or a plain nn.Module has no such methods)
+    if compiled.is_compiled(encoder):
+        return 0
+    return int(encoder.frozen_prefix_stages())  # type: ignore[operator]
+
+
+class PrefixKeeper:
+    """The prefix outputs phase 1 keeps for phase 3, one entry per sampled micro-batch."""
+
+    def __init__(self, budget: KeepBudget, stages: int) -> None:
+        self.budget = budget
+        self.stages = stages
+        self.kept: list[torch.Tensor | None] = []
+        self.snippets = 0
+        self.bytes = 0
+        self._per_snippet = 0
+
+    def fits(self, size: int) -> bool:
+        """Whether a micro-batch of ``size`` snippets is predicted to fit the budget."""
+        return keep_fits(self.budget, size, self.snippets, self.bytes, self._per_snippet)
+
+    def offer(self, h: torch.Tensor) -> bool:
+        """Keep ``h`` (a micro-batch's prefix output) unless it is over the budget."""
+        size = h.numel() * h.element_size()
+        if self.budget.bytes is not None and self.bytes + size > self.budget.bytes:
+            self.kept.append(None)
+            return False
+        self.kept.append(h)
+        self.snippets += int(h.shape[0])
+        self.bytes += size
+        self._per_snippet = max(self._per_snippet, -(-size // max(1, int(h.shape[0]))))
+        return True
+
+    def skip(self) -> None:
+        """A sampled micro-batch whose prefix is not kept (phase 3 re-runs it whole)."""
+        self.kept.append(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {"snippets_prefix_kept": self.snippets, "prefix_bytes": self.bytes}

@@ -1,0 +1,182 @@
+"""Phase 3 re-runs only the trainable stages: the frozen prefix kept from phase 1.
+
+Every test compares against a reference that does not use the prefix (plain end-to-end
+backprop, or SGS with ``reuse_frozen_prefix=False``), so a wrong split, a stale kept tensor or
+a dropout mask drawn from the wrong RNG state fails it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import sgs_tad
+from sgs_tad.encoders import VideoEncoder, build_encoder, freeze_encoder
+from sgs_tad.engine.prefix import frozen_prefix_stages, parse_prefix_budget
+from sgs_tad.engine.sources import TensorSource
+from test_sgs import assert_same_grads
+
+
+def _randomise(enc: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
+    return enc
+
+
+def _x(m: int, shape: tuple[int, ...], seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    return torch.randn((m, *shape), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+CASES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
+    "small3d": ({"widths": (8, 16, 16)}, (3, 4, 16, 16)),
+    "tsm_r50": ({}, (3, 2, 16, 16)),
+    "r2plus1d_34": ({}, (3, 2, 16, 16)),
+    "videomae_tiny": ({}, (3, 4, 32, 32)),
+}
+
+
+def _encoder(name: str, frozen: int, **opts: Any) -> VideoEncoder:
+    enc = build_encoder(name, **{**CASES[name][0], **opts})  # type: ignore[arg-type]
+    _randomise(enc, 5)
+    return freeze_encoder(enc, frozen_stages=frozen).double().train()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prefix_then_suffix_is_the_forward_at_every_split(name: str) -> None:
+    enc = _encoder(name, -1).eval()
+    x = _x(3, CASES[name][1], seed=1)
+    with torch.no_grad():
+        whole = enc(x)
+        for s in range(enc.num_stages):
+            h = enc.forward_prefix(x, s)
+            assert h.shape[0] == 3  # one row per snippet, whatever the encoder's layout
+            assert torch.equal(enc.forward_suffix(h, s), whole), s
+
+
+def test_frozen_prefix_stages_counts_the_leading_stages_without_a_trainable_parameter() -> None:
+    assert _encoder("tsm_r50", -1).frozen_prefix_stages() == 0
+    assert _encoder("tsm_r50", 0).frozen_prefix_stages() == 1  # the stem
+    assert _encoder("tsm_r50", 2).frozen_prefix_stages() == 3  # the paper's setting
+    assert _encoder("tsm_r50", 4).frozen_prefix_stages() == 4  # (the head keeps one stage)
+    enc = _encoder("small3d", 1)
+    assert enc.num_stages == 3 and enc.frozen_prefix_stages() == 2
+    enc.stem[0].weight.requires_grad_(True)  # an adapter in the stem: nothing to skip
+    assert enc.frozen_prefix_stages() == 0
+    # what the engine runs in parts: not a wrapper, not a compiled module, not a plain module
+    assert frozen_prefix_stages(_encoder("small3d", 1)) == 2
+    assert frozen_prefix_stages(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) == 0
+    assert frozen_prefix_stages(torch.compile(_encoder("small3d", 1))) == 0
+
+
+Grads = dict[str, torch.Tensor]
+
+
+def _step(
+    enc: nn.Module, snippets: Any, *, k: int, ratio: float, seed: int = 3, **options: Any
+) -> tuple[Grads, sgs_tad.SequentializedGradientSampler]:
+    n = snippets.shape[1] if isinstance(snippets, torch.Tensor) else len(snippets[0])
+    weights = torch.randn(n, enc.out_channels, generator=torch.Generator().manual_seed(2),
+                          dtype=torch.float64)  # fmt: skip
+    sgs = sgs_tad.SequentializedGradientSampler(
+        enc, micro_batch_size=k, ratio=ratio, generator=torch.Generator().manual_seed(seed),
+        **options,
+    )  # fmt: skip
+    torch.manual_seed(11)
+    feats = sgs.encode(snippets)
+    (feats[0] * weights).sum().backward()
+    sgs.backward(snippets, feats)
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    return grads, sgs
+
+
+def _calls(module: nn.Module) -> list[int]:
+    seen: list[int] = []
+    module.register_forward_hook(lambda m, i, o: seen.append(int(i[0].shape[0])))
+    return seen
+
+
+@pytest.mark.parametrize(("name", "frozen"), [("small3d", 1), ("tsm_r50", 2), ("r2plus1d_34", 2)])
+def test_ratio_one_with_the_prefix_kept_equals_end_to_end(name: str, frozen: int) -> None:
+    snippets = _x(6, CASES[name][1], seed=4).unsqueeze(0)
+    enc = _encoder(name, frozen)
+    weights = torch.randn(6, enc.out_channels, generator=torch.Generator().manual_seed(2),
+                          dtype=torch.float64)  # fmt: skip
+    (enc(snippets[0]) * weights).sum().backward()
+    reference = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    enc = _encoder(name, frozen)
+    stem = _calls(enc.get_submodule(enc.stem_names[0]))
+    got, sgs = _step(enc, snippets, k=4, ratio=1.0, independence_check=False)
+    assert sgs.stats.snippets_prefix_kept == 6 and sgs.stats.prefix_bytes > 0
+    assert len(stem) == 2  # the two phase-1 calls: phase 3 started after the frozen stages
+    assert sorted(got) == sorted(reference)
+    assert_same_grads(got, reference, 1e-10)
+
+
+def test_partial_ratio_gives_the_same_gradient_with_and_without_the_prefix() -> None:
+    snippets = _x(10, CASES["small3d"][1], seed=6).unsqueeze(0)
+    off, sgs_off = _step(_encoder("small3d", 1), snippets, k=3, ratio=0.5,
+                         reuse_frozen_prefix=False)  # fmt: skip
+    on, sgs_on = _step(_encoder("small3d", 1), snippets, k=3, ratio=0.5)
+    assert sgs_off.stats.snippets_prefix_kept == 0 and sgs_on.stats.snippets_prefix_kept == 5
+    assert sgs_on.stats.snippets_sampled == sgs_off.stats.snippets_sampled == 5
+    assert_same_grads(on, off, 1e-10)
+
+
+def test_dropout_before_and_after_the_split_replays_exactly() -> None:
+    """ViT: the patch embedding and two blocks frozen; dropout after the positions (in the
+    prefix) and drop-path and dropout in the trained blocks. Phase 3 must draw the trained
+    blocks' masks as phase 1 did, although it skips the prefix's draws: the determinism
+    check inside backward compares the features; with K = N the gradient is end to end's."""
+    opts = {"drop_rate": 0.2, "drop_path_rate": 0.3}
+    snippets = _x(6, CASES["videomae_tiny"][1], seed=7).unsqueeze(0)
+    enc = _encoder("videomae_tiny", 2, **opts)
+    weights = torch.randn(6, enc.out_channels, generator=torch.Generator().manual_seed(2),
+                          dtype=torch.float64)  # fmt: skip
+    torch.manual_seed(11)
+    (enc(snippets[0]) * weights).sum().backward()
+    reference = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    got, sgs = _step(_encoder("videomae_tiny", 2, **opts), snippets, k=6, ratio=1.0)
+    assert sgs.stats.snippets_prefix_kept == 6
+    assert_same_grads(got, reference, 1e-10)
+    # K < N: masks differ from a plain forward's, but phase 3 must still replay phase 1's
+    _, sgs = _step(_encoder("videomae_tiny", 2, **opts), snippets, k=2, ratio=1.0)
+    assert sgs.stats.snippets_prefix_kept == 6 and sgs.stats.recompute_calls == 3
+
+
+class CountingSource(TensorSource):
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__(x)
+        self.asked: list[int] = []
+
+    def get_snippets(self, indices: torch.Tensor) -> torch.Tensor:
+        self.asked.append(int(indices.numel()))
+        return super().get_snippets(indices)
+
+
+@pytest.mark.parametrize(("budget", "kept"), [(2, 2), ("1KB", 0), (True, 6), (False, 0)])
+def test_the_budget_bounds_what_is_kept_and_the_rest_is_recomputed(budget, kept) -> None:
+    x = _x(6, CASES["small3d"][1], seed=8)
+    reference, _ = _step(_encoder("small3d", 1), x.unsqueeze(0), k=2, ratio=1.0,
+                         reuse_frozen_prefix=False)  # fmt: skip
+    source = CountingSource(x)
+    got, sgs = _step(_encoder("small3d", 1), [source], k=2, ratio=1.0,
+                     reuse_frozen_prefix=budget, independence_check=False)  # fmt: skip
+    assert sgs.stats.snippets_prefix_kept == kept
+    # phase 1 gathered all 6; phase 3 gathered only what it re-ran whole
+    assert sum(source.asked) == 6 + (6 - kept)
+    assert_same_grads(got, reference, 1e-10)
+
+
+def test_bad_budgets_are_refused_with_the_accepted_values() -> None:
+    with pytest.raises(ValueError, match="reuse_frozen_prefix must be >= 0"):
+        parse_prefix_budget(-1)
+    with pytest.raises(ValueError, match="reuse_frozen_prefix: "):
+        parse_prefix_budget("lots")
+    with pytest.raises(ValueError, match=r"True/'all'.*False/0.*'256MB'; got 1.5"):
+        parse_prefix_budget(1.5)  # type: ignore[arg-type]
