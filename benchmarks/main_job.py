@@ -10,7 +10,9 @@ time of each phase (encode, detector, update, optimizer), peak memory and the av
 
 Settings: ``naive`` (``--naive``), ``sgs-k`` (γ = 0.3 with phase 1 in micro-batches of K, the
 paper code's way), ``sgs`` (γ = 0.3, the defaults: unsampled snippets in phase-1 calls of 8 K)
-``sgs-keep`` (as ``sgs`` with the sampled micro-batches' graphs kept, ``--keep-graphs all``)
+``sgs-keep`` (as ``sgs`` with the sampled micro-batches' graphs kept, ``--keep-graphs all``),
+``sgs-noprefix`` (as ``sgs`` with phase 3 re-running the frozen stages too,
+``--reuse-frozen-prefix off``, as before it was kept)
 ``sgs-noprefetch`` (as ``sgs`` with decoding in the encoder's critical path) and
 ``sgs-nocache`` (as ``sgs`` decoding the file again for every micro-batch, phase 3 included).
 
@@ -49,6 +51,10 @@ SETTINGS = {
     "sgs-k": ("SGS γ = 0.3, phase 1 at K", ["--encode-batch-size", "4"]),
     "sgs": ("SGS γ = 0.3 (default)", []),
     "sgs-keep": ("SGS γ = 0.3, kept graphs", ["--keep-graphs", "all"]),
+    "sgs-noprefix": (
+        "SGS γ = 0.3, phase 3 re-runs the frozen stages",
+        ["--reuse-frozen-prefix", "off"],
+    ),
     "sgs-noprefetch": ("SGS γ = 0.3, no prefetching", ["--prefetch", "off"]),
     "sgs-nocache": ("SGS γ = 0.3, no decode cache", ["--decode-cache-mb", "0"]),
 }

@@ -109,9 +109,13 @@ def build_encoder(cfg: dict) -> nn.Module:
         return Encoder()
     from sgs_tad import freeze_norm_layers
     from sgs_tad.encoders import build_encoder as build
+    from sgs_tad.encoders import freeze_encoder
 
     opts = {"checkpoint_blocks": True} if cfg.get("blocks_ckpt") else {}
-    return freeze_norm_layers(build(cfg["encoder"], **opts))
+    encoder = build(cfg["encoder"], **opts)
+    if cfg.get("frozen_stages") is not None:  # the paper's fixed first stages, norm frozen
+        return freeze_encoder(encoder, frozen_stages=cfg["frozen_stages"])
+    return freeze_norm_layers(encoder)
 
 
 def make_engine(cfg: dict, encoder: nn.Module) -> Any:
@@ -123,10 +127,11 @@ def make_engine(cfg: dict, encoder: nn.Module) -> Any:
     if cfg["method"] == "ckpt":
         return EndToEnd(encoder, micro_batch_size=cfg["k"], checkpoint=True)
     k1 = cfg.get("encode_batch_size", "k")
+    prefix = {} if cfg.get("prefix", True) else {"reuse_frozen_prefix": False}
     return SequentializedGradientSampler(
         encoder, micro_batch_size=cfg["k"], ratio=cfg["ratio"], keep_graphs=cfg.get("keep", 0),
         determinism_check=False, independence_check=False,
-        encode_batch_size=None if k1 == "k" else k1,
+        encode_batch_size=None if k1 == "k" else k1, **prefix,
     )  # fmt: skip
 
 
@@ -326,6 +331,7 @@ def configs(
     ckpt_ks: list[int],
     sweep_ks: list[int] = (),  # type: ignore[assignment]
     vit: bool = False,
+    prefix_off: bool = False,
 ) -> list[dict]:
     """The grid: per N, naive, checkpointing at ``ckpt_ks``, SGS at ``ks`` × ``ratios`` (and
     kept graphs at γ < 1), plus SGS at ``sweep_ks`` and γ = 0.3 at the largest N only."""
@@ -343,6 +349,8 @@ def configs(
                     grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "blocks_ckpt": True})
                 if keep and r < 1:
                     grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "keep": "all"})
+                if prefix_off:
+                    grid.append({"method": "sgs", "n": n, "k": k, "ratio": r, "prefix": False})
         if n == max(ns):
             for k in sweep_ks:
                 if k not in ks:
@@ -372,6 +380,8 @@ def environment() -> str:
 def method_name(r: dict) -> str:
     if r["method"] == "sgs" and r.get("keep"):
         name = "SGS, kept graphs"
+    elif r["method"] == "sgs" and r.get("prefix") is False:
+        name = "SGS, phase 3 re-runs the frozen stages"
     elif r["method"] == "sgs" and r.get("blocks_ckpt"):
         name = "SGS + in-snippet checkpointing"
     else:
@@ -462,6 +472,14 @@ def main() -> None:
     parser.add_argument("--ckpt-k", type=ints, default=None, help="checkpointing K (default: --k)")
     parser.add_argument("--keep", action="store_true", help="also SGS with kept graphs (γ < 1)")
     parser.add_argument(
+        "--frozen-stages", type=int, default=None,
+        help="freeze the stem and this many stages, as the paper (default: norm layers only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prefix-off", action="store_true",
+        help="also SGS with phase 3 re-running the frozen stages (reuse_frozen_prefix=False)",
+    )  # fmt: skip
+    parser.add_argument(
         "--encode-batch-size",
         default="k",
         help="SGS phase-1 calls: 'k' (= K, the library's default and the paper's code), "
@@ -521,7 +539,7 @@ def main() -> None:
     ks = args.k or ([4] if args.quick else [1, 4, 8] if toy else [1, 2, 4, 8])
     ratios = [float(r) for r in args.ratios.split(",")]
     grid = configs(ns, ks, ratios, keep=args.keep, ckpt_ks=args.ckpt_k or ks,
-                   sweep_ks=args.sweep_k, vit=args.vit)  # fmt: skip
+                   sweep_ks=args.sweep_k, vit=args.vit, prefix_off=args.prefix_off)  # fmt: skip
     rows = []
     costs: dict[bool, Any] = {}
     always = set(filter(None, args.predict_methods.split(",")))
@@ -529,7 +547,8 @@ def main() -> None:
         k1 = args.encode_batch_size
         cfg.update(device=args.device, repeats=args.repeats, threads=args.threads,
                    encoder=args.encoder, shape=shape, iterations=args.iterations, amp=args.amp,
-                   encode_batch_size=int(k1) if k1.isdigit() else k1)  # fmt: skip
+                   encode_batch_size=int(k1) if k1.isdigit() else k1,
+                   frozen_stages=args.frozen_stages)  # fmt: skip
         if args.predict_above is not None or always:
             from sgs_tad.engine.memory import SnippetCost
 
@@ -585,7 +604,16 @@ def main() -> None:
         " SGS against naive and checkpointing\n\n"
         f"Measured by `{command.strip()}` on {args.device}, {args.threads} thread(s), one "
         f"video per iteration, snippet {'×'.join(map(str, shape))}, encoder: "
-        f"{ENCODER_NOTE[args.encoder]}, detector: 2-layer temporal conv, SGS phase-1 calls "
+        f"{ENCODER_NOTE[args.encoder]}"
+        + (
+            f", stem and {args.frozen_stages} stage(s) frozen (`freeze_encoder`); SGS keeps "
+            "their output for the sampled snippets (`reuse_frozen_prefix`, default 256 MB) "
+            "unless the row says otherwise, which the FLOPs column (whole-encoder passes) "
+            "does not show"
+            if args.frozen_stages is not None
+            else ""
+        )
+        + ", detector: 2-layer temporal conv, SGS phase-1 calls "
         f"`encode_batch_size={args.encode_batch_size!r}`, precision: "
         f"{'fp32' if args.amp == 'none' else args.amp + ' autocast'}"
         f"{' + GradScaler' if args.amp == 'fp16' else ''}. Memory on CPU is the "

@@ -180,3 +180,31 @@ def test_bad_budgets_are_refused_with_the_accepted_values() -> None:
         parse_prefix_budget("lots")
     with pytest.raises(ValueError, match=r"True/'all'.*False/0.*'256MB'; got 1.5"):
         parse_prefix_budget(1.5)  # type: ignore[arg-type]
+
+
+def test_kept_graphs_and_kept_prefixes_together() -> None:
+    """The first sampled micro-batch keeps its graph, the others their prefix output."""
+    x = _x(6, CASES["small3d"][1], seed=9).unsqueeze(0)
+    reference, _ = _step(_encoder("small3d", 1), x, k=2, ratio=1.0, reuse_frozen_prefix=False)
+    got, sgs = _step(_encoder("small3d", 1), x, k=2, ratio=1.0, keep_graphs=2)
+    assert sgs.stats.snippets_kept == 2 and sgs.stats.snippets_prefix_kept == 4
+    assert sgs.stats.recompute_calls == 2
+    assert_same_grads(got, reference, 1e-10)
+
+
+def test_bf16_autocast_replays_the_suffix_in_phase_ones_precision() -> None:
+    x = _x(6, CASES["small3d"][1], seed=10, dtype=torch.float32).unsqueeze(0)
+    out = []
+    for budget in (False, True):
+        enc = _encoder("small3d", 1).float()
+        sgs = sgs_tad.SequentializedGradientSampler(enc, micro_batch_size=2, ratio=1.0,
+                                                    reuse_frozen_prefix=budget)  # fmt: skip
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = sgs.encode(x)
+            loss = feats.float().square().mean()
+        loss.backward()
+        sgs.backward(x, feats)  # the determinism check compares phase 3 with phase 1
+        assert sgs.stats.snippets_prefix_kept == (6 if budget else 0)
+        out.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    for name in out[0]:
+        torch.testing.assert_close(out[1][name], out[0][name], rtol=0, atol=0, msg=name)

@@ -71,6 +71,13 @@ VIT_PRETRAINED_LR = 1e-5
 VIT_AUTO_LR = 2e-4
 
 
+def _prefix_budget(value: str) -> bool | int | str:
+    """``--reuse-frozen-prefix``: 'off', 'all', a snippet count or a size."""
+    if value == "off":
+        return False
+    return int(value) if value.isdigit() else value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=DESCRIPTION)
     data = p.add_argument_group("data")
@@ -216,6 +223,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=lambda v: int(v) if v.isdigit() else v,
         default=0,
         help="keep phase-1 graphs of sampled snippets: 0, a snippet count, 'all' or e.g. 1GB",
+    )
+    sgs.add_argument(
+        "--reuse-frozen-prefix",
+        type=_prefix_budget,
+        default="256MB",
+        help="keep the output of the encoder's frozen stages for the sampled snippets, so "
+        "phase 3 re-runs only the stages that train: a size (default 256MB), a snippet count, "
+        "'all', or 'off'",
     )
     sgs.add_argument(
         "--decode-cache-mb",

@@ -131,6 +131,8 @@ def make_engine(args: argparse.Namespace, encoder: nn.Module, mode: str) -> Engi
         sizes = dict(micro_batch_size="auto", memory_budget=budget, encode_batch_size="auto")
     return SequentializedGradientSampler(encoder, **sizes,
                                          keep_graphs=args.keep_graphs, prefetch=prefetch,
+                                         reuse_frozen_prefix=getattr(
+                                             args, "reuse_frozen_prefix", "256MB"),
                                          ratio=ratio, sampler=args.snippet_sampler,
                                          grad_scale=args.grad_scale,
                                          on_nonfinite_grad="skip", device=args.device)  # fmt: skip
