@@ -8,7 +8,9 @@
    ``predict`` (one video file) needs PyAV and runs only where it is installed.
 3. ``benchmarks/memory_time.py --amp fp16``: TSM-R50 at 8 × 224 × 224, N = 16 and 64, naive,
    checkpointing K = 4, SGS K = 4 at γ 0.3 and 1: ``max_memory_allocated``, reserved, time.
-4. The issue's targets, read from that table: at N = 64, SGS (K = 4, γ = 0.3) peak (allocated
+4. The same at the paper's setting (stem and two stages frozen), N = 64, γ = 0.3: SGS with the
+   frozen stages' output kept for phase 3 (``reuse_frozen_prefix``) and without.
+5. The issue's targets, read from the first table: at N = 64, SGS (K = 4, γ = 0.3) peak (allocated
    growth) ≤ 0.1 × naive's and time ≤ 1.0 × naive's; each printed PASS or FAIL.
 
 Time: the table's 8 rows do about 0.9 PFLOP at 33 GFLOPs per snippet forward (a few seconds
@@ -140,6 +142,12 @@ def steps(args: argparse.Namespace, tmp: Path) -> list[tuple[str, list[str], flo
                            "--device", args.device, "--repeats", "1" if args.quick else "2",
                            "--tag", "gpu-check", "--output", str(tmp / "benchmarks.md"),
                            "--json", str(args.json)], 200.0),
+        ("TSM-R50, the paper's two frozen stages, with and without the kept prefix",
+         [py, str(ROOT / "benchmarks" / "memory_time.py"), "--encoder", "tsm_r50", "--shape",
+          "3,8,224,224", "--n", "64", "--k", "4", "--ckpt-k", "4", "--ratios", "0.3",
+          "--frozen-stages", "2", "--prefix-off", "--amp", "fp16", "--device", args.device,
+          "--repeats", "1", "--tag", "gpu-check-frozen2", "--output",
+          str(tmp / "benchmarks.md"), "--json", str(tmp / "frozen2.json")], 90.0),
     ]  # fmt: skip
     if importlib.util.find_spec("av") is None:
         print("note: PyAV is not installed: `etad_anet.py predict VIDEO` (one video file) is "
