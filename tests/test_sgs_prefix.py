@@ -208,3 +208,19 @@ def test_bf16_autocast_replays_the_suffix_in_phase_ones_precision() -> None:
         out.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
     for name in out[0]:
         torch.testing.assert_close(out[1][name], out[0][name], rtol=0, atol=0, msg=name)
+
+
+def test_the_main_jobs_option_takes_off_all_a_count_or_a_size_and_refuses_the_rest() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from etad.options import parse_args
+
+    def value(text: str) -> Any:
+        return parse_args(["--reuse-frozen-prefix", text]).reuse_frozen_prefix
+
+    assert parse_args([]).reuse_frozen_prefix == "256MB"
+    assert (value("off"), value("all"), value("64"), value("1GB")) == (False, "all", 64, "1GB")
+    with pytest.raises(SystemExit):
+        value("lots")

@@ -469,6 +469,19 @@ def test_nonfinite_weights_after_a_step_raise_naming_the_parameter():
         trainer.fit(make_data(2), epochs=1)
 
 
+def test_the_finiteness_check_names_culprits_and_lets_huge_finite_weights_pass():
+    from sgs_tad.training.policies import check_finite_parameters
+
+    big = nn.Parameter(torch.full((4,), 3e38))  # finite; its norm overflows to inf
+    half = nn.Parameter(torch.ones(3, dtype=torch.float16))
+    names = {id(big): "big", id(half): "half"}
+    check_finite_parameters([big, half], names, step=4)  # no error
+    with torch.no_grad():
+        half[1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"step 4 made parameters non-finite: \['half'\]"):
+        check_finite_parameters([big, half], names, step=4)
+
+
 def test_a_run_whose_every_loss_is_nan_stops_with_an_error():
     trainer = build(detector_step=lambda f, b, i: f.sum() * float("nan"), max_consecutive_skips=3)
     with pytest.raises(FloatingPointError, match="3 optimizer steps in a row were skipped"):

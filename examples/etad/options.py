@@ -73,9 +73,16 @@ VIT_AUTO_LR = 2e-4
 
 def _prefix_budget(value: str) -> bool | int | str:
     """``--reuse-frozen-prefix``: 'off', 'all', a snippet count or a size."""
-    if value == "off":
-        return False
-    return int(value) if value.isdigit() else value
+    from sgs_tad.engine.prefix import parse_prefix_budget
+
+    budget: bool | int | str = (
+        False if value == "off" else int(value) if value.isdigit() else value
+    )
+    try:
+        parse_prefix_budget(budget)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err} ('off' turns it off)") from None
+    return budget
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
