@@ -224,3 +224,51 @@ def test_the_main_jobs_option_takes_off_all_a_count_or_a_size_and_refuses_the_re
     assert (value("off"), value("all"), value("64"), value("1GB")) == (False, "all", 64, "1GB")
     with pytest.raises(SystemExit):
         value("lots")
+
+
+def test_the_planner_predicts_the_kept_prefix_and_its_saving() -> None:
+    from sgs_tad.engine.memory import measure_snippet_cost
+    from sgs_tad.engine.prefix import PrefixCost, kept_prefix_snippets, measure_prefix_cost
+    from sgs_tad.plan import predict
+
+    shape = CASES["small3d"][1]
+    assert measure_prefix_cost(_encoder("small3d", -1).float(), shape) is None
+    enc = _encoder("small3d", 1).float()
+    prefix = measure_prefix_cost(enc, shape, micro_batch_size=3, repeats=1)
+    assert prefix is not None and prefix.stages == 2
+    with torch.no_grad():
+        h = enc.forward_prefix(torch.zeros(1, *shape), 2)
+    assert prefix.bytes_per_snippet == h.numel() * h.element_size()
+    assert prefix.seconds_per_snippet > 0
+
+    cost = measure_snippet_cost(enc, shape, micro_batch_size=2, repeats=1)
+    fixed = PrefixCost(stages=2, bytes_per_snippet=1000.0, seconds_per_snippet=0.01)
+    plain = predict(cost, n=20, k=4, ratio=0.5, method="sgs")
+    kept = predict(cost, n=20, k=4, ratio=0.5, method="sgs", prefix=fixed)
+    assert (plain.prefix_snippets, kept.prefix_snippets) == (0, 10)
+    assert kept.peak_bytes == plain.peak_bytes + 10 * 1000.0
+    assert kept.time_s == pytest.approx(plain.time_s - 10 * 0.01)
+    # a budget of 9 snippets keeps two whole micro-batches of 4; 2.5 KB keeps two snippets' worth
+    nine = predict(cost, n=20, k=4, ratio=0.5, method="sgs", prefix=fixed, prefix_budget=9)
+    assert nine.prefix_snippets == 8
+    # as the engine: a micro-batch that does not fit is skipped, a later smaller one may fit
+    assert kept_prefix_snippets(10, 4, 1000.0, parse_prefix_budget("2.5KB")) == 2  # 4, 4, [2]
+    assert kept_prefix_snippets(10, 2, 1000.0, parse_prefix_budget("2.5KB")) == 2
+    assert kept_prefix_snippets(10, 4, 1000.0, parse_prefix_budget(6)) == 6
+    assert predict(cost, n=20, k=4, method="naive", prefix=fixed).prefix_bytes == 0
+
+
+@pytest.mark.parametrize("budget", [6, "300KB", "1MB"])
+def test_the_planners_count_is_what_the_engine_keeps(budget) -> None:
+    from sgs_tad.engine.prefix import kept_prefix_snippets
+
+    x = _x(10, CASES["small3d"][1], seed=12).unsqueeze(0)
+    enc = _encoder("small3d", 1)
+    with torch.no_grad():
+        h = enc.forward_prefix(x[0, :1], 2)
+    _, sgs = _step(enc, x, k=4, ratio=1.0, reuse_frozen_prefix=budget)
+    per = h.numel() * h.element_size()
+    assert sgs.stats.snippets_prefix_kept == kept_prefix_snippets(
+        10, 4, per, parse_prefix_budget(budget)
+    )
+    assert sgs.stats.prefix_bytes == sgs.stats.snippets_prefix_kept * per

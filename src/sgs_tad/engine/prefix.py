@@ -23,6 +23,10 @@ phase 3 re-runs, so dropout in the trainable stages draws the same masks in both
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,9 +34,16 @@ from torch import nn
 
 from sgs_tad.engine import compiled
 from sgs_tad.engine.keep import KeepBudget, keep_fits
-from sgs_tad.engine.memory import parse_bytes
+from sgs_tad.engine.memory import _isolated, _sync, parse_bytes
 
-__all__ = ["PrefixKeeper", "frozen_prefix_stages", "parse_prefix_budget"]
+__all__ = [
+    "PrefixCost",
+    "PrefixKeeper",
+    "frozen_prefix_stages",
+    "kept_prefix_snippets",
+    "measure_prefix_cost",
+    "parse_prefix_budget",
+]
 
 #: ``reuse_frozen_prefix``'s default: the kept prefix outputs of one batch may take this much.
 DEFAULT_PREFIX_BUDGET = "256MB"
@@ -104,3 +115,75 @@ class PrefixKeeper:
 
     def stats(self) -> dict[str, Any]:
         return {"snippets_prefix_kept": self.snippets, "prefix_bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class PrefixCost:
+    """What the frozen prefix costs per snippet, measured by :func:`measure_prefix_cost`.
+
+    Attributes:
+        stages: Leading stages without a trainable parameter (what phase 3 skips).
+        bytes_per_snippet: Bytes of the prefix's output, what phase 1 keeps per sampled snippet.
+        seconds_per_snippet: A no-grad forward of the prefix, what phase 3 saves per kept
+            snippet.
+    """
+
+    stages: int
+    bytes_per_snippet: float
+    seconds_per_snippet: float
+
+
+def measure_prefix_cost(
+    encoder: nn.Module,
+    snippet_shape: Sequence[int],
+    *,
+    micro_batch_size: int = 2,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 2,
+) -> PrefixCost | None:
+    """Time and size the frozen prefix of ``encoder`` on random snippets (``None``: none).
+
+    The companion of :func:`sgs_tad.engine.memory.measure_snippet_cost` for the planner
+    (:func:`sgs_tad.plan.predict`); it leaves buffers and random states as they were.
+    """
+    stages = frozen_prefix_stages(encoder)
+    if not stages:
+        return None
+    params = list(encoder.parameters())
+    dev = torch.device(device) if device is not None else (
+        params[0].device if params else torch.device("cpu")
+    )  # fmt: skip
+    m = int(micro_batch_size)
+    best = math.inf
+    with _isolated(encoder, dev), torch.no_grad():
+        x = torch.randn((m, *snippet_shape), device=dev, dtype=dtype)
+        for i in range(int(repeats) + 1):  # the first round is a warm-up
+            _sync(dev)
+            t0 = time.perf_counter()
+            h = encoder.forward_prefix(x, stages)  # type: ignore[operator]
+            _sync(dev)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+    return PrefixCost(stages, h.numel() * h.element_size() / m, best / m)
+
+
+def kept_prefix_snippets(
+    sampled: int, micro_batch_size: int, bytes_per_snippet: float, budget: KeepBudget
+) -> int:
+    """How many of ``sampled`` snippets (one video, in micro-batches of K and a remainder)
+    phase 1 keeps the prefix of: :class:`PrefixKeeper`'s decisions, replayed (the planner's
+    model of it)."""
+    if not budget.enabled or sampled <= 0:
+        return 0
+    k = max(1, int(micro_batch_size))
+    sizes = [k] * (sampled // k) + ([sampled % k] if sampled % k else [])
+    keeper = PrefixKeeper(budget, stages=1)
+    for size in sizes:
+        if keeper.fits(size):
+            keeper.offer(
+                torch.empty(size, int(bytes_per_snippet), dtype=torch.uint8, device="meta")
+            )
+        else:
+            keeper.skip()
+    return keeper.snippets

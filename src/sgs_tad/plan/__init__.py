@@ -51,6 +51,7 @@ from sgs_tad.engine.memory import (
     measure_snippet_cost,
     parse_bytes,
 )
+from sgs_tad.engine.prefix import PrefixCost, measure_prefix_cost
 from sgs_tad.plan.cli import main
 from sgs_tad.plan.model import METHODS, Method, Prediction, Recommendation, predict, recommend
 from sgs_tad.plan.verify import RunMeasurement, measure_run
@@ -60,12 +61,14 @@ __all__ = [
     "LiveBytesMeter",
     "Method",
     "Prediction",
+    "PrefixCost",
     "Recommendation",
     "RunMeasurement",
     "SavedBytesMeter",
     "SnippetCost",
     "format_bytes",
     "main",
+    "measure_prefix_cost",
     "measure_run",
     "measure_snippet_cost",
     "parse_bytes",

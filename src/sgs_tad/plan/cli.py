@@ -9,6 +9,7 @@ import torch
 
 from sgs_tad.encoders import ENCODERS, build_encoder, freeze_encoder
 from sgs_tad.engine.memory import format_bytes, measure_snippet_cost, parse_bytes
+from sgs_tad.engine.prefix import measure_prefix_cost
 from sgs_tad.plan.model import Method, predict, recommend
 from sgs_tad.plan.verify import measure_run
 
@@ -131,8 +132,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{format_bytes(cost.param_bytes)}, gradients {format_bytes(cost.grad_bytes)}, AdamW "
         f"{format_bytes(cost.optimizer_bytes)}); per snippet: forward no-grad "
         f"{cost.fwd_nograd_s * 1e3:.1f} ms, forward {cost.fwd_grad_s * 1e3:.1f} ms, backward "
-        f"{cost.bwd_s * 1e3:.1f} ms\n"
+        f"{cost.bwd_s * 1e3:.1f} ms"
     )
+    prefix = measure_prefix_cost(
+        encoder,
+        args.snippet_shape,
+        micro_batch_size=args.micro_batch_size,
+        device=args.device,
+        repeats=args.repeats,
+    )
+    if prefix is not None:
+        print(
+            f"frozen prefix ({prefix.stages} stage(s) without a trainable parameter): SGS keeps "
+            f"its output for the sampled snippets, {format_bytes(prefix.bytes_per_snippet)}"
+            f"/snippet, and phase 3 skips its {prefix.seconds_per_snippet * 1e3:.1f} ms/snippet "
+            "(reuse_frozen_prefix, 256 MB by default)"
+        )
+    print()
     header = "| N | method | K | γ | saved MiB | peak MiB | time s |"
     rule = "|---|---|---|---|---|---|---|"
     if args.verify:
@@ -148,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configs += [("checkpoint", k, 1.0) for k in args.k if k <= n]
         configs += [("sgs", k, r) for k in args.k if k <= n for r in args.ratio]
         for method, k, ratio in configs:
-            p = predict(cost, n=n, k=k, ratio=ratio, method=method)
+            p = predict(cost, n=n, k=k, ratio=ratio, method=method, prefix=prefix)
             row = (
                 f"| {n} | {method} | {p.k if p.k is not None else '-'} | "
                 f"{f'{p.ratio:g}' if method == 'sgs' else '-'} | {_mib(p.saved_bytes)} | "
@@ -186,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in args.n:
             try:
                 rec = recommend(
-                    cost, n=n, budget_bytes=args.budget, time_budget_s=args.time_budget
+                    cost,
+                    n=n,
+                    budget_bytes=args.budget,
+                    time_budget_s=args.time_budget,
+                    prefix=prefix,
                 )
             except ValueError as err:
                 print(f"- N={n}: {err}")

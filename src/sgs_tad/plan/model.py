@@ -10,6 +10,12 @@ from typing import Literal
 
 from sgs_tad.engine.memory import SnippetCost, format_bytes, parse_bytes
 from sgs_tad.engine.microbatch import num_sampled
+from sgs_tad.engine.prefix import (
+    DEFAULT_PREFIX_BUDGET,
+    PrefixCost,
+    kept_prefix_snippets,
+    parse_prefix_budget,
+)
 
 __all__ = ["METHODS", "Method", "Prediction", "Recommendation", "predict", "recommend"]
 
@@ -24,8 +30,8 @@ METHODS: tuple[Method, ...] = ("naive", "checkpoint", "sgs")
 class Prediction:
     """Predicted peak memory and time of one training step on one video of N snippets.
 
-    ``peak_bytes = fixed_bytes + feature_bytes + saved_bytes + workspace_bytes``; see the
-    module docstring and ``docs/plan.md`` for each method's terms.
+    ``peak_bytes = fixed_bytes + feature_bytes + saved_bytes + workspace_bytes +
+    prefix_bytes``; see the module docstring and ``docs/plan.md`` for each method's terms.
 
     Attributes:
         method: ``"naive"``, ``"checkpoint"`` or ``"sgs"``.
@@ -40,6 +46,9 @@ class Prediction:
         fixed_bytes: Parameters, gradients and optimiser state.
         peak_bytes: The predicted peak.
         time_s: Predicted encoder time of the step (forwards and backwards), in seconds.
+        prefix_snippets: Sampled snippets whose frozen prefix output SGS keeps for phase 3
+            (``reuse_frozen_prefix``; 0 without a ``prefix`` cost).
+        prefix_bytes: Bytes of those kept outputs, held from phase 1 to phase 3.
     """
 
     method: Method
@@ -53,6 +62,8 @@ class Prediction:
     fixed_bytes: int
     peak_bytes: float
     time_s: float
+    prefix_snippets: int = 0
+    prefix_bytes: float = 0.0
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -68,6 +79,8 @@ def predict(
     k: int | None = None,
     ratio: float = 1.0,
     method: Method = "sgs",
+    prefix: PrefixCost | None = None,
+    prefix_budget: bool | int | str = DEFAULT_PREFIX_BUDGET,
 ) -> Prediction:
     """Predict the peak memory and the encoder time of one video of ``n`` snippets.
 
@@ -79,7 +92,10 @@ def predict(
     * checkpoint: peak = P + 2Nf + N·x + K·(s + w) (the kept inputs, and one micro-batch
       recomputed during the backward); time = N·(t_fn + t_fg + t_b).
     * sgs: peak = P + 2Nf + max(K·w, m·(s + w)) (phase 1 or one phase-3 micro-batch); time =
-      N·t_fn + n_s·(t_fg + t_b).
+      N·t_fn + n_s·(t_fg + t_b). With a frozen prefix (``prefix``, from
+      :func:`~sgs_tad.engine.prefix.measure_prefix_cost`) SGS keeps its output for the n_p
+      sampled snippets the budget allows (whole micro-batches): the peak gains n_p·h and the
+      time loses n_p·t_p (h, t_p: the prefix's output bytes and no-grad time per snippet).
 
     The input batch held by the data loader and the detector's own memory are not included.
 
@@ -90,6 +106,9 @@ def predict(
             values above N are capped at N.
         ratio: γ ∈ [0, 1] for "sgs" (ignored by the other methods).
         method: "naive", "checkpoint" or "sgs".
+        prefix: The frozen prefix's cost (SGS only; ``None``: the encoder has none, or the
+            prediction ignores it).
+        prefix_budget: SGS's ``reuse_frozen_prefix``.
 
     Returns:
         The prediction.
@@ -125,6 +144,13 @@ def predict(
         saved = m * s
         work = max(kk * w, m * (s + w)) - saved
         seconds = n * cost.fwd_nograd_s + sampled * step
+    kept, kept_bytes = 0, 0.0
+    if method == "sgs" and prefix is not None:
+        assert kk is not None
+        budget = parse_prefix_budget(prefix_budget)
+        kept = kept_prefix_snippets(sampled, kk, prefix.bytes_per_snippet, budget)
+        kept_bytes = kept * prefix.bytes_per_snippet
+        seconds -= kept * prefix.seconds_per_snippet
     return Prediction(
         method=method,
         n=n,
@@ -135,8 +161,10 @@ def predict(
         workspace_bytes=work,
         feature_bytes=features,
         fixed_bytes=cost.fixed_bytes,
-        peak_bytes=cost.fixed_bytes + features + saved + work,
+        peak_bytes=cost.fixed_bytes + features + saved + work + kept_bytes,
         time_s=seconds,
+        prefix_snippets=kept,
+        prefix_bytes=kept_bytes,
     )
 
 
@@ -167,6 +195,7 @@ def recommend(
     n: int,
     budget_bytes: int | str,
     time_budget_s: float | None = None,
+    prefix: PrefixCost | None = None,
 ) -> Recommendation:
     """The largest K that fits ``budget_bytes`` and the largest γ that fits ``time_budget_s``.
 
@@ -179,6 +208,7 @@ def recommend(
         budget_bytes: Memory for the encoder side of training: an int of bytes or a string for
             :func:`parse_bytes` (``"16GB"``). Leave out what the detector needs.
         time_budget_s: Seconds of encoder time per video; ``None``: γ = 1.
+        prefix: The frozen prefix's cost, as for :func:`predict` (kept at the default budget).
 
     Returns:
         The recommendation.
@@ -191,12 +221,12 @@ def recommend(
     budget = parse_bytes(budget_bytes)
     best: Prediction | None = None
     for k in range(n, 0, -1):
-        pred = predict(cost, n=n, k=k, ratio=1.0, method="sgs")
+        pred = predict(cost, n=n, k=k, ratio=1.0, method="sgs", prefix=prefix)
         if pred.peak_bytes <= budget:
             best = pred
             break
     if best is None:
-        one = predict(cost, n=n, k=1, ratio=1.0, method="sgs")
+        one = predict(cost, n=n, k=1, ratio=1.0, method="sgs", prefix=prefix)
         raise ValueError(
             f"memory budget {format_bytes(budget)} ({budget} bytes) cannot fit SGS with one "
             f"snippet per micro-batch at N={n}: predicted {format_bytes(one.peak_bytes)} = "
@@ -219,12 +249,12 @@ def recommend(
             raise ValueError(f"time_budget_s must be a number > 0 or None, got {time_budget_s!r}.")
         found: Prediction | None = None
         for j in range(n, 0, -1):
-            pred = predict(cost, n=n, k=k, ratio=j / n, method="sgs")
+            pred = predict(cost, n=n, k=k, ratio=j / n, method="sgs", prefix=prefix)
             if pred.time_s <= time_budget_s:
                 found = pred
                 break
         if found is None:
-            least = predict(cost, n=n, k=k, ratio=1 / n, method="sgs")
+            least = predict(cost, n=n, k=k, ratio=1 / n, method="sgs", prefix=prefix)
             raise ValueError(
                 f"time budget {time_budget_s:g} s cannot fit SGS at N={n}: with one sampled "
                 f"snippet it takes {least.time_s:.3g} s ({cost.fwd_nograd_s:.3g} s per snippet "
