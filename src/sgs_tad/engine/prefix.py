@@ -14,8 +14,10 @@ An encoder offers a prefix by three methods, as :class:`sgs_tad.encoders.VideoEn
 them: ``frozen_prefix_stages()`` (how many leading stages have no trainable parameter),
 ``forward_prefix(x, s)`` (input to the output of stage ``s - 1``, one row per snippet) and
 ``forward_suffix(h, s)`` (the rest, to features), with ``forward_suffix(forward_prefix(x, s),
-s)`` equal to ``encoder(x)``. An encoder wrapped by DDP (whose forward synchronises gradients)
-or compiled (whose forward is the compiled one) is run whole.
+s)`` equal to ``encoder(x)``. An encoder handed over inside a DDP wrapper (whose forward arms
+its gradient hooks) or compiled (whose forward is the compiled one) is run whole;
+:class:`~sgs_tad.SGSTrainer` unwraps DDP itself (:mod:`sgs_tad.training.distributed`), so
+under the trainer the prefix is kept on every rank.
 
 RNG replay: when the prefix is kept, the random state is captured after it, before the stages
 phase 3 re-runs, so dropout in the trainable stages draws the same masks in both phases.
