@@ -272,3 +272,33 @@ def test_the_planners_count_is_what_the_engine_keeps(budget) -> None:
         10, 4, per, parse_prefix_budget(budget)
     )
     assert sgs.stats.prefix_bytes == sgs.stats.snippets_prefix_kept * per
+
+
+def test_videos_of_different_lengths_packed_together_and_in_snippet_checkpointing() -> None:
+    """Phase 3's micro-batches pack sampled snippets of several videos; the kept rows must
+    follow them. And a ViT whose trained blocks checkpoint inside the snippet."""
+    shape = CASES["small3d"][1]
+    videos = [_x(7, shape, seed=13), _x(4, shape, seed=14)]
+    out = []
+    for budget in (False, True):
+        enc = _encoder("small3d", 1)
+        sgs = sgs_tad.SequentializedGradientSampler(
+            enc, micro_batch_size=3, ratio=0.6, reuse_frozen_prefix=budget,
+            generator=torch.Generator().manual_seed(5),
+        )  # fmt: skip
+        feats = sgs.encode(videos)
+        (
+            feats * torch.linspace(-1, 1, feats.shape[1], dtype=feats.dtype)[None, :, None]
+        ).sum().backward()
+        sgs.backward(videos, feats)
+        out.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    assert sgs.stats.snippets_prefix_kept == sgs.stats.snippets_sampled == 5 + 3
+    assert_same_grads(out[1], out[0], 1e-10)
+
+    opts = {"checkpoint_blocks": True, "drop_path_rate": 0.2}
+    snippets = _x(4, CASES["videomae_tiny"][1], seed=15).unsqueeze(0)
+    ref, _ = _step(_encoder("videomae_tiny", 1, **opts), snippets, k=2, ratio=1.0,
+                   reuse_frozen_prefix=False)  # fmt: skip
+    got, sgs = _step(_encoder("videomae_tiny", 1, **opts), snippets, k=2, ratio=1.0)
+    assert sgs.stats.snippets_prefix_kept == 4
+    assert_same_grads(got, ref, 1e-10)
