@@ -26,22 +26,26 @@ class KeepBudget:
         return bool(self.snippets) or bool(self.bytes)
 
 
-def parse_keep_budget(value: int | str) -> KeepBudget:
+def parse_keep_budget(
+    value: int | str, *, option: str = "keep_graphs", accepted: str | None = None
+) -> KeepBudget:
+    """``"all"``: no limit; an int: snippets (``0``: none); a size such as ``"512MB"``: bytes.
+
+    ``option`` and ``accepted`` name the option and its values in the errors.
+    """
     if value == "all":
         return KeepBudget(snippets=2**62)
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
-            raise ValueError(f"keep_graphs must be >= 0 snippets; got {value}.")
+            raise ValueError(f"{option} must be >= 0 snippets; got {value}.")
         return KeepBudget(snippets=value)
     if isinstance(value, str):
         try:
             return KeepBudget(bytes=parse_bytes(value))
         except ValueError as err:
-            raise ValueError(f"keep_graphs: {err}") from None
-    raise ValueError(
-        f"keep_graphs must be 0 (keep none), a number of snippets, 'all' or a size such as "
-        f"'512MB'; got {value!r}."
-    )
+            raise ValueError(f"{option}: {err}") from None
+    accepted = accepted or "0 (keep none), a number of snippets, 'all' or a size such as '512MB'"
+    raise ValueError(f"{option} must be {accepted}; got {value!r}.")
 
 
 def keep_fits(

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from sgs_tad.engine import compiled
-from sgs_tad.engine.keep import KeepBudget, keep_fits
-from sgs_tad.engine.memory import _isolated, _sync, parse_bytes
+from sgs_tad.engine.keep import KeepBudget, keep_fits, parse_keep_budget
+from sgs_tad.engine.memory import _isolated, _sync
 
 __all__ = [
     "PrefixCost",
@@ -53,22 +53,15 @@ DEFAULT_PREFIX_BUDGET = "256MB"
 
 def parse_prefix_budget(value: bool | int | str) -> KeepBudget:
     """``True``/``"all"``: no limit; ``False``/``0``: off; an int: snippets; a size: bytes."""
-    if value is True or value == "all":
+    if value is True:
         return KeepBudget(snippets=2**62)
     if value is False:
         return KeepBudget()
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"reuse_frozen_prefix must be >= 0 snippets; got {value}.")
-        return KeepBudget(snippets=value)
-    if isinstance(value, str):
-        try:
-            return KeepBudget(bytes=parse_bytes(value))
-        except ValueError as err:
-            raise ValueError(f"reuse_frozen_prefix: {err}") from None
-    raise ValueError(
-        "reuse_frozen_prefix must be True/'all' (keep every sampled snippet's prefix output), "
-        f"False/0 (off), a number of snippets or a size such as '256MB'; got {value!r}."
+    return parse_keep_budget(
+        value,
+        option="reuse_frozen_prefix",
+        accepted="True/'all' (keep every sampled snippet's prefix output), False/0 (off), a "
+        "number of snippets or a size such as '256MB'",
     )
 
 
