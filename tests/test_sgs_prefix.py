@@ -302,3 +302,29 @@ def test_videos_of_different_lengths_packed_together_and_in_snippet_checkpointin
     got, sgs = _step(_encoder("videomae_tiny", 1, **opts), snippets, k=2, ratio=1.0)
     assert sgs.stats.snippets_prefix_kept == 4
     assert_same_grads(got, ref, 1e-10)
+
+
+def test_an_encoder_with_hooks_on_itself_runs_whole() -> None:
+    """A hook on the encoder module runs in encoder(x) only, not in its parts: the engine must
+    not skip it for the sampled snippets. Hooks on submodules still run, so they are fine."""
+    x = _x(6, CASES["small3d"][1], seed=16).unsqueeze(0)
+    reference, _ = _step(_encoder("small3d", 1), x, k=2, ratio=1.0, reuse_frozen_prefix=False)
+
+    def double(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return 2 * out
+
+    enc = _encoder("small3d", 1)
+    enc.register_forward_hook(double)
+    got, sgs = _step(enc, x, k=2, ratio=1.0)
+    assert sgs.stats.snippets_prefix_kept == 0  # run whole, so the hook doubles every feature
+    for name, g in reference.items():
+        torch.testing.assert_close(got[name], 2 * g, rtol=1e-10, atol=1e-12, msg=name)
+
+    enc = _encoder("small3d", 1)
+    calls: list[int] = []
+    enc.layer2.register_forward_hook(lambda m, a, o: calls.append(len(o)))
+    got, sgs = _step(enc, x, k=2, ratio=1.0, independence_check=False)
+    assert sgs.stats.snippets_prefix_kept == 6 and sum(calls) == 12  # phases 1 and 3
+    assert_same_grads(got, reference, 1e-10)
+    with torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: None):
+        assert frozen_prefix_stages(_encoder("small3d", 1)) == 0

@@ -14,7 +14,8 @@ An encoder offers a prefix by three methods, as :class:`sgs_tad.encoders.VideoEn
 them: ``frozen_prefix_stages()`` (how many leading stages have no trainable parameter),
 ``forward_prefix(x, s)`` (input to the output of stage ``s - 1``, one row per snippet) and
 ``forward_suffix(h, s)`` (the rest, to features), with ``forward_suffix(forward_prefix(x, s),
-s)`` equal to ``encoder(x)``. An encoder handed over inside a DDP wrapper (whose forward arms
+s)`` equal to ``encoder(x)``. An encoder with hooks on itself (they run in ``encoder(x)``
+only), or handed over inside a DDP wrapper (whose forward arms
 its gradient hooks) or compiled (whose forward is the compiled one) is run whole;
 :class:`~sgs_tad.SGSTrainer` unwraps DDP itself (:mod:`sgs_tad.training.distributed`), so
 under the trainer the prefix is kept on every rank.
@@ -72,9 +73,21 @@ def frozen_prefix_stages(encoder: nn.Module) -> int:
         callable(getattr(encoder, m, None)) for m in ("forward_prefix", "forward_suffix")
     ):
         return 0  # (a DDP wrapper or a plain nn.Module has no such methods)
-    if compiled.is_compiled(encoder):
+    if compiled.is_compiled(encoder) or _has_module_hooks(encoder):
         return 0
     return int(encoder.frozen_prefix_stages())  # type: ignore[operator]
+
+
+def _has_module_hooks(encoder: nn.Module) -> bool:
+    """Hooks on the encoder module itself (or on every module) run in ``encoder(x)`` only:
+    ``forward_prefix``/``forward_suffix`` would skip them, so such an encoder runs whole."""
+    from torch.nn.modules import module as m
+
+    own = (encoder._forward_hooks, encoder._forward_pre_hooks, encoder._backward_hooks,
+           encoder._backward_pre_hooks)  # fmt: skip
+    every = (m._global_forward_hooks, m._global_forward_pre_hooks, m._global_backward_hooks,
+             m._global_backward_pre_hooks)  # fmt: skip
+    return any(len(h) for h in (*own, *every))
 
 
 class PrefixKeeper:
