@@ -328,3 +328,20 @@ def test_an_encoder_with_hooks_on_itself_runs_whole() -> None:
     assert_same_grads(got, reference, 1e-10)
     with torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: None):
         assert frozen_prefix_stages(_encoder("small3d", 1)) == 0
+
+
+def test_bad_splits_and_probe_arguments_are_refused_naming_the_value() -> None:
+    from sgs_tad.engine.prefix import measure_prefix_cost
+
+    enc = _encoder("small3d", 1)
+    x = _x(1, CASES["small3d"][1])
+    with pytest.raises(ValueError, match=r"stages=3 is out of range for Small3DCNN.*<= 2"):
+        enc.forward_prefix(x, 3)
+    with pytest.raises(ValueError, match="stages=-1 is out of range"):
+        enc.forward_suffix(x, -1)
+    with pytest.raises(TypeError, match="stages must be an int .* got True"):
+        enc.forward_prefix(x, True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="micro_batch_size must be an int >= 1, got 0"):
+        measure_prefix_cost(enc, CASES["small3d"][1], micro_batch_size=0)
+    with pytest.raises(ValueError, match=r"snippet_shape must be .* got \(3, 0\)"):
+        measure_prefix_cost(enc, (3, 0))

@@ -19,6 +19,7 @@ import torch
 from pretrain_encoder import PRETRAINABLE, PretrainConfig, default_checkpoint, recipe
 from sgs_tad.encoders import ENCODERS
 from sgs_tad.engine.memory import parse_bytes
+from sgs_tad.engine.prefix import DEFAULT_PREFIX_BUDGET, parse_prefix_budget
 from sgs_tad.training.distributed import DDP_TIMEOUT_ENV, DEFAULT_DDP_TIMEOUT_S
 
 from .detector import CLASS_HEADS, FEATURE_NORMS
@@ -73,8 +74,6 @@ VIT_AUTO_LR = 2e-4
 
 def _prefix_budget(value: str) -> bool | int | str:
     """``--reuse-frozen-prefix``: 'off', 'all', a snippet count or a size."""
-    from sgs_tad.engine.prefix import parse_prefix_budget
-
     budget: bool | int | str = (
         False if value == "off" else int(value) if value.isdigit() else value
     )
@@ -234,7 +233,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sgs.add_argument(
         "--reuse-frozen-prefix",
         type=_prefix_budget,
-        default="256MB",
+        default=DEFAULT_PREFIX_BUDGET,
         help="keep the output of the encoder's frozen stages for the sampled snippets, so "
         "phase 3 re-runs only the stages that train: a size (default 256MB), a snippet count, "
         "'all', or 'off'",

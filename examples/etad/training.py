@@ -21,6 +21,7 @@ from sgs_tad.data import ActivityNetDataset, WindowedDataset
 from sgs_tad.encoders import build_encoder, freeze_encoder
 from sgs_tad.engine.memory import format_bytes, measure_snippet_cost
 from sgs_tad.engine.microbatch import num_sampled
+from sgs_tad.engine.prefix import DEFAULT_PREFIX_BUDGET
 from sgs_tad.engine.sizing import probe_dtype
 from sgs_tad.training.callbacks import Callback
 from sgs_tad.training.distributed import init_distributed
@@ -132,7 +133,7 @@ def make_engine(args: argparse.Namespace, encoder: nn.Module, mode: str) -> Engi
     return SequentializedGradientSampler(encoder, **sizes,
                                          keep_graphs=args.keep_graphs, prefetch=prefetch,
                                          reuse_frozen_prefix=getattr(
-                                             args, "reuse_frozen_prefix", "256MB"),
+                                             args, "reuse_frozen_prefix", DEFAULT_PREFIX_BUDGET),
                                          ratio=ratio, sampler=args.snippet_sampler,
                                          grad_scale=args.grad_scale,
                                          on_nonfinite_grad="skip", device=args.device)  # fmt: skip

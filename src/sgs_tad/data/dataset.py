@@ -70,8 +70,7 @@ INLINE_TENSOR_BYTES = 64 * 1024
 def _pack(value: object) -> tuple[bool, object]:
     """``(True, numpy array)`` for a small CPU tensor numpy can hold, else ``(False, value)``."""
     if (
-        isinstance(value, torch.Tensor)
-        and type(value) is torch.Tensor
+        type(value) is torch.Tensor  # (not a subclass: it would come back a plain tensor)
         and value.device.type == "cpu"
         and value.layout == torch.strided
         and not value.requires_grad

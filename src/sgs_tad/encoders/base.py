@@ -191,9 +191,20 @@ class VideoEncoder(nn.Module):
             count += 1
         return min(count, self.num_stages - 1)  # (a fully frozen encoder has no suffix)
 
+    def _check_split(self, stages: object) -> None:
+        if isinstance(stages, bool) or not isinstance(stages, int):
+            raise TypeError(f"stages must be an int (a stage count), got {stages!r}.")
+        if not 0 <= stages < self.num_stages:
+            raise ValueError(
+                f"stages={stages} is out of range for {type(self).__name__}: the split must "
+                f"leave at least one stage after it, 0 <= stages <= {self.num_stages - 1} "
+                "(frozen_prefix_stages() gives the frozen ones)."
+            )
+
     def forward_prefix(self, x: torch.Tensor, stages: int) -> torch.Tensor:
         """Snippets ``[M, 3, L, H, W]`` (checked and normalised here) through stages
         ``0 .. stages - 1``: one row per snippet, the input of :meth:`forward_suffix`."""
+        self._check_split(stages)
         self.check_input(x)
         y = self.normalise_input(x)
         for i in range(stages):
@@ -203,6 +214,7 @@ class VideoEncoder(nn.Module):
     def forward_suffix(self, y: torch.Tensor, stages: int) -> torch.Tensor:
         """Stages ``stages ..`` and the head on :meth:`forward_prefix`'s output:
         ``forward_suffix(forward_prefix(x, s), s)`` is ``forward(x)`` for every ``s``."""
+        self._check_split(stages)
         for i in range(stages, self.num_stages):
             y = self.run_stage(i, y)
         return self.head(y)

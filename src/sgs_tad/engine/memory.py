@@ -424,6 +424,24 @@ def _isolated(encoder: nn.Module, device: torch.device) -> Iterator[None]:
             p.grad = g
 
 
+def check_probe_args(
+    encoder: object, snippet_shape: Sequence[int], *, micro_batch_size: object, repeats: object
+) -> tuple[int, ...]:
+    """Refuse what a probe of ``encoder`` cannot run with; return the snippet shape as ints."""
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}.")
+    shape = tuple(int(s) for s in snippet_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(
+            f"snippet_shape must be a non-empty sequence of positive ints, e.g. (3, 8, 112, "
+            f"112) for [C, L, H, W]; got {tuple(snippet_shape)!r}."
+        )
+    for name, value in (("micro_batch_size", micro_batch_size), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    return shape
+
+
 def measure_snippet_cost(
     encoder: nn.Module,
     snippet_shape: Sequence[int],
@@ -468,21 +486,13 @@ def measure_snippet_cost(
     Raises:
         ValueError: A bad argument, or an encoder output that is not ``[M, C]``.
     """
-    if not isinstance(encoder, nn.Module):
-        raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}.")
-    shape = tuple(int(s) for s in snippet_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(
-            f"snippet_shape must be a non-empty sequence of positive ints, e.g. (3, 8, 112, "
-            f"112) for [C, L, H, W]; got {tuple(snippet_shape)!r}."
-        )
-    for name, value, low in (
-        ("micro_batch_size", micro_batch_size, 1),
-        ("repeats", repeats, 1),
-        ("optimizer_states", optimizer_states, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+    shape = check_probe_args(
+        encoder, snippet_shape, micro_batch_size=micro_batch_size, repeats=repeats
+    )
+    if isinstance(optimizer_states, bool) or not isinstance(optimizer_states, int):
+        raise ValueError(f"optimizer_states must be an int >= 0, got {optimizer_states!r}.")
+    if optimizer_states < 0:
+        raise ValueError(f"optimizer_states must be an int >= 0, got {optimizer_states!r}.")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}.")
     params = list(encoder.parameters())

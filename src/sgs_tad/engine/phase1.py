@@ -124,8 +124,6 @@ def run_plan(
     self.stats.snippets_kept = kept_snippets
     self.stats.kept_bytes = kept_bytes
     if prefix is not None:
-        self.stats.snippets_prefix_kept, self.stats.prefix_bytes = (
-            prefix.snippets,
-            prefix.bytes,
-        )
+        self.stats.snippets_prefix_kept = prefix.snippets
+        self.stats.prefix_bytes = prefix.bytes
     return feats, rng_states, autocast, kept

@@ -30,14 +30,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from sgs_tad.engine import compiled
 from sgs_tad.engine.keep import KeepBudget, keep_fits, parse_keep_budget
-from sgs_tad.engine.memory import _isolated, _sync
+from sgs_tad.engine.memory import _isolated, _sync, check_probe_args
 
 __all__ = [
     "PrefixCost",
@@ -121,9 +120,6 @@ class PrefixKeeper:
         """A sampled micro-batch whose prefix is not kept (phase 3 re-runs it whole)."""
         self.kept.append(None)
 
-    def stats(self) -> dict[str, Any]:
-        return {"snippets_prefix_kept": self.snippets, "prefix_bytes": self.bytes}
-
 
 @dataclass(frozen=True)
 class PrefixCost:
@@ -155,6 +151,9 @@ def measure_prefix_cost(
     The companion of :func:`sgs_tad.engine.memory.measure_snippet_cost` for the planner
     (:func:`sgs_tad.plan.predict`); it leaves buffers and random states as they were.
     """
+    shape = check_probe_args(
+        encoder, snippet_shape, micro_batch_size=micro_batch_size, repeats=repeats
+    )
     stages = frozen_prefix_stages(encoder)
     if not stages:
         return None
@@ -165,7 +164,7 @@ def measure_prefix_cost(
     m = int(micro_batch_size)
     best = math.inf
     with _isolated(encoder, dev), torch.no_grad():
-        x = torch.randn((m, *snippet_shape), device=dev, dtype=dtype)
+        x = torch.randn((m, *shape), device=dev, dtype=dtype)
         for i in range(int(repeats) + 1):  # the first round is a warm-up
             _sync(dev)
             t0 = time.perf_counter()
